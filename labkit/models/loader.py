@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,6 +32,12 @@ def load_model(
     the hardware computes in it natively, else float32. Remote code runs only with `trust_remote_code`.
     """
     started = time.perf_counter()
+    with _transformers_progress(progress):
+        return _load(name_or_path, device, dtype, trust_remote_code, progress, started)
+
+
+def _load(name_or_path: str, device: str, dtype: str | torch.dtype, trust_remote_code: bool, progress: bool,
+          started: float) -> LoadedModel:
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     alias = ALIASES.get(name_or_path)
@@ -63,6 +70,21 @@ def load_model(
         weight_bytes=weight_bytes(model),
         load_seconds=time.perf_counter() - started,
     )
+
+
+@contextmanager
+def _transformers_progress(enabled: bool):
+    """transformers draws its own 'Loading weights' bars; `progress=False` should silence them too."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def resolve_device(device: str) -> torch.device:
