@@ -22,3 +22,24 @@ class ModelConfig:
     device: str = "auto"  # "auto" picks CUDA when present, else CPU
     dtype: str = "auto"  # "auto": bfloat16 on CUDA and on CPUs with native bf16, else float32
     trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the OpenAI-compatible server listens, admits and limits requests (`labkit serve`, `labkit.serve`).
+
+    Safe by default: loopback only, no CORS, a bounded queue, a body-size limit and a per-request timeout.
+    """
+
+    host: str = "127.0.0.1"  # loopback only unless told otherwise
+    port: int = 8000  # 0 picks a free port
+    api_key: str | None = None  # bearer key; None means no key is asked for (LABKIT_API_KEY also sets it)
+    cors_origins: tuple[str, ...] = ()  # no CORS headers unless origins are given
+    max_body_bytes: int = 1 << 20  # larger bodies get 413
+    max_waiting: int = 64  # requests queued beyond the running batch; more get 429 with Retry-After
+    retry_after_s: int = 1  # the Retry-After a 429 carries
+    request_timeout_s: float = 120.0  # a request still unfinished after this gets 504 (or an error event)
+    shutdown_grace_s: float = 10.0  # on SIGTERM/Ctrl-C, in-flight requests get this long, then are cancelled
+    embed_max_batch_size: int = 32  # dynamic batcher for /v1/embeddings: most texts per encoder call
+    embed_max_queue_delay_ms: float = 5.0  # how long the first text waits for others to join its batch
+    access_log: str | None = None  # path of a JSON-lines access log ("-" for stdout); None turns it off

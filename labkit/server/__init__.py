@@ -1,0 +1,5 @@
+"""SERVE: the OpenAI-compatible HTTP server over the engine, and its background handle for notebooks."""
+from .app import create_app
+from .handle import ServerHandle, serve
+
+__all__ = ["ServerHandle", "create_app", "serve"]

@@ -1,0 +1,65 @@
+"""The FastAPI application: guards, routes and error handlers around the hosted models.
+
+    app = create_app([load_model("smollm2-135m-instruct"), load_model("minilm-l6-v2")], ServerConfig())
+
+Run it with `labkit serve`, `labkit.serve(...)` (background, for notebooks) or any ASGI server.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from ..config import ServerConfig
+from ..models import LoadedModel
+from ..monitor.metrics import ServingMetrics
+from .access_log import AccessLog, RequestContextMiddleware
+from .errors import install_error_handlers
+from .limits import BodyLimitMiddleware
+from .routes import embeddings, generate, meta
+from .services import Services
+
+DESCRIPTION = """An OpenAI-compatible server for one causal LM and one encoder, with continuous batching.
+
+Errors use OpenAI's shape `{"error": {"message", "type", "code", "param"}}`: 400 bad input, 401 missing
+or wrong API key, 404 unknown model, 413 body too large, 422 a field of the wrong type or out of range,
+429 queue full (see `Retry-After`), 503 not ready, 504 timed out."""
+
+
+def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(), *,
+               engine_options: dict | None = None) -> FastAPI:
+    """An app hosting `models` (one causal LM, one encoder, or one of each). `engine_options` go to the
+    engine (for example its batch size); the engine starts and stops with the app's lifespan."""
+    # The gauges read the services at scrape time, so they are built first and look the services up late.
+    metrics = ServingMetrics(running=lambda: services.num_running(), waiting=lambda: services.num_waiting(),
+                             kv_usage=lambda: services.kv_usage())
+    services = Services(models, config, metrics, engine_options)
+    access_log = AccessLog(config.access_log) if config.access_log else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop(config.shutdown_grace_s)
+            if access_log is not None:
+                access_log.close()
+
+    app = FastAPI(title="labkit", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.config = config
+    app.state.services = services
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(meta.router)
+    app.include_router(generate.router)
+    app.include_router(embeddings.router)
+    # Middleware wraps outside-in in reverse order of adding: request ids and the log see every
+    # response, the 413 included; CORS only when origins were given.
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, access_log=access_log, metrics=metrics)
+    return app

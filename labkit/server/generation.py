@@ -1,0 +1,197 @@
+"""The LLM behind /v1/completions and /v1/chat/completions: prompts become token ids, requests are admitted
+(or refused with 429), run on the async engine, detokenised as they stream, cut at stop strings, timed
+out (504) and always ended: finished, errored or cancelled, with their KV memory freed."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ..config import ServerConfig
+from ..models import LoadedModel
+from .detokenize import IncrementalDetokenizer, StopMatcher
+from .engine_bridge import EngineBridge
+from .errors import APIError, bad_request, timed_out
+from .limits import Admission
+
+DEFAULT_MAX_TOKENS = 256  # when a request names none, as far as the context allows
+
+
+class LLMService:
+    def __init__(self, loaded: LoadedModel, config: ServerConfig, metrics, **engine_options):
+        if loaded.kind != "causal-lm":
+            raise TypeError(f"{loaded.name} is an {loaded.kind}; text generation needs a causal LM")
+        self.loaded = loaded
+        self.name = loaded.name
+        self.tokenizer = loaded.tokenizer
+        self.config = config
+        self.metrics = metrics
+        self.engine = EngineBridge(loaded, **engine_options)
+        self.max_model_len = self.engine.max_model_len
+        self.admission = Admission(self.engine.max_num_seqs, config.max_waiting, config.retry_after_s)
+        self.jobs: set[GenerationJob] = set()
+
+    # ---- prompts ----
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, list):
+            vocab = len(self.tokenizer)
+            if any(not 0 <= t < vocab for t in prompt):
+                raise bad_request(f"Token ids must lie in [0, {vocab}).", param="prompt")
+            return prompt
+        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if not ids:
+            raise bad_request("The prompt is empty.", param="prompt")
+        return ids
+
+    def chat_prompt_ids(self, messages) -> list[int]:
+        if self.tokenizer.chat_template is None:
+            raise bad_request(f"{self.name} has no chat template; use /v1/completions.", param="messages")
+        conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                        for m in messages]
+        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ---- jobs ----
+    def start_job(self, prompt_ids: list[int], body, request_id: str) -> GenerationJob:
+        """Validate against the context, admit (429 when full), and submit to the engine."""
+        room = self.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise bad_request(f"The prompt has {len(prompt_ids)} tokens; this model's context is "
+                              f"{self.max_model_len} tokens, which leaves no room to generate.",
+                              param="messages" if hasattr(body, "messages") else "prompt",
+                              code="context_length_exceeded")
+        if body.max_tokens is not None and body.max_tokens > room:
+            raise bad_request(f"max_tokens is {body.max_tokens} but the {len(prompt_ids)}-token prompt leaves "
+                              f"{room} of this model's {self.max_model_len}-token context.",
+                              param="max_tokens", code="context_length_exceeded")
+        if body.presence_penalty or body.frequency_penalty:
+            raise bad_request("presence_penalty and frequency_penalty are not supported (leave them at 0).",
+                              param="presence_penalty" if body.presence_penalty else "frequency_penalty",
+                              code="unsupported")
+        max_tokens = body.max_tokens or min(DEFAULT_MAX_TOKENS, room)
+        self.admission.admit()
+        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        job = GenerationJob(self, request_id, prompt_ids, max_tokens, body, [s for s in stops if s])
+        self.jobs.add(job)
+        return job
+
+    # ---- engine state, for /metrics and /health ----
+    def num_running(self) -> int:
+        return self.engine.num_running()
+
+    def num_waiting(self) -> int:
+        return self.engine.num_waiting()
+
+    def kv_usage(self) -> float:
+        return self.engine.kv_usage()
+
+    def problem(self) -> str | None:
+        return self.engine.problem()
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def stop(self, grace_s: float) -> None:
+        await self.drain(grace_s)
+        await self.engine.stop()
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new requests (503), let running ones finish for `grace_s`, then cancel the rest."""
+        self.admission.accepting = False
+        deadline = time.monotonic() + grace_s
+        while self.jobs and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for job in list(self.jobs):
+            job.cancel("The server is shutting down; the request was cancelled.")
+
+
+class GenerationJob:
+    """One request on the engine. `stream()` yields text deltas; `close()` ends it for good (idempotent)."""
+
+    def __init__(self, service: LLMService, request_id: str, prompt_ids: list[int], max_tokens: int, body,
+                 stops: list[str]):
+        self.service = service
+        self.id = request_id
+        self.prompt_tokens = len(prompt_ids)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.ttft_s: float | None = None
+        self.started = time.perf_counter()
+        self.deadline = self.started + service.config.request_timeout_s
+        self._detok = IncrementalDetokenizer(service.tokenizer)
+        self._stops = StopMatcher(stops)
+        self._cancel_reason: str | None = None
+        self._closed = False
+        self._engine_done = False
+        self._outputs = service.engine.submit(request_id, prompt_ids, max_tokens=max_tokens,
+                                              temperature=body.temperature, top_p=body.top_p,
+                                              top_k=body.top_k or 0, seed=body.seed)
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+    async def stream(self):
+        """Text deltas as the engine produces tokens; raises APIError on timeout or cancel."""
+        outputs = self._outputs.__aiter__()
+        while True:
+            remaining = self.deadline - time.perf_counter()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                step = await asyncio.wait_for(outputs.__anext__(), timeout=remaining)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                self.finish_reason = "timeout"
+                self.service.engine.abort(self.id)
+                raise timed_out(self.service.config.request_timeout_s) from None
+            if self._cancel_reason is not None:
+                raise APIError(503, self._cancel_reason, code="cancelled")
+            if step.new_token_ids:
+                self.ttft_s = self.ttft_s if self.ttft_s is not None else time.perf_counter() - self.started
+                self.completion_tokens += len(step.new_token_ids)
+            text = self._detok.add(step.new_token_ids, final=step.finished)
+            text, hit = self._stops.feed(text, final=step.finished)
+            if hit:
+                self.finish_reason = "stop"
+                self.service.engine.abort(self.id)
+                self._engine_done = True
+                yield text
+                return
+            if step.finished:
+                self._engine_done = True
+                self.finish_reason = step.finish_reason
+                self._record(step.timings)
+                yield text
+                return
+            yield text
+        if self._cancel_reason is not None:
+            raise APIError(503, self._cancel_reason, code="cancelled")
+
+    def cancel(self, reason: str) -> None:
+        """Stop the request from outside (shutdown): the engine frees its KV blocks at once."""
+        if not self._engine_done:
+            self._cancel_reason = reason
+            self.finish_reason = "abort"
+            self.service.engine.abort(self.id)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._engine_done:  # client gone, timed out or errored: free the KV memory now
+            self.service.engine.abort(self.id)
+            self.finish_reason = self.finish_reason or "abort"
+            self.service.metrics.success.inc(finished_reason=self.finish_reason)
+        self.service.admission.release()
+        self.service.jobs.discard(self)
+
+    def _record(self, timings) -> None:
+        metrics = self.service.metrics
+        if timings is None:  # no engine timings: the server's own view of them
+            e2e = time.perf_counter() - self.started
+            metrics.record_finished(finish_reason=self.finish_reason, prompt_tokens=self.prompt_tokens,
+                                    output_tokens=self.completion_tokens, ttft_s=self.ttft_s, e2e_s=e2e)
+        else:
+            metrics.record_finished(finish_reason=self.finish_reason, prompt_tokens=self.prompt_tokens,
+                                    output_tokens=self.completion_tokens, **timings)

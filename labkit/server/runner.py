@@ -1,0 +1,47 @@
+"""Running the app under uvicorn: in the foreground (`labkit serve`, with SIGTERM/Ctrl-C handled) or in
+a background thread with its own event loop (`labkit.serve`, for notebooks)."""
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from fastapi import FastAPI
+
+from ..config import ServerConfig
+
+
+class LabkitServer(uvicorn.Server):
+    """uvicorn, with a shutdown that drains first: new requests get 503, in-flight ones have the grace
+    period to finish, then are cancelled (their streams end with an error event, their KV freed)."""
+
+    def __init__(self, app: FastAPI, config: ServerConfig, log_level: str = "warning"):
+        self.app = app
+        self.labkit_config = config
+        super().__init__(uvicorn.Config(
+            app, host=config.host, port=config.port, log_level=log_level, access_log=False,
+            timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5, lifespan="on", ws="none",
+            server_header=False, proxy_headers=False))
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()  # a handled SIGTERM/SIGINT ends the process cleanly, exit status 0
+
+    async def shutdown(self, sockets=None) -> None:
+        services = self.app.state.services
+        services.ready = False
+        if services.llm is not None:
+            await services.llm.drain(self.labkit_config.shutdown_grace_s)
+        await super().shutdown(sockets)
+
+    @property
+    def bound_port(self) -> int | None:
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                return sock.getsockname()[1]
+        return None
+
+
+def run_forever(app: FastAPI, config: ServerConfig, log_level: str = "info") -> None:
+    """Serve in the foreground until SIGTERM or Ctrl-C."""
+    logging.getLogger("labkit.server").setLevel(logging.INFO)
+    LabkitServer(app, config, log_level=log_level).run()

@@ -1,0 +1,169 @@
+"""Request and response bodies of the OpenAI-compatible API, as pydantic models.
+
+Requests are validated strictly on what the server uses (types and ranges, so the OpenAPI document says
+what is accepted); unknown fields are ignored, as OpenAI clients send some this server does not use.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="0 is greedy; up to 2.")]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+Stop = str | Annotated[list[str], Field(max_length=4)] | None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """Fields shared by completions and chat completions."""
+
+    model: str | None = Field(None, description="The served model's id (see /v1/models); omitted means that one.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate; default: what the context "
+                                                           "leaves, capped at the server's default.")
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: int | None = Field(None, ge=0, description="Sample from the k likeliest tokens (0 or null: all).")
+    n: int = Field(1, ge=1, le=1, description="Only 1 choice per request is supported.")
+    stop: Stop = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    user: str | None = None
+
+
+class CompletionRequest(SamplingFields):
+    prompt: Annotated[str, Field(max_length=1_000_000)] | Annotated[list[int], Field(min_length=1)] = Field(
+        ..., description="Text, or token ids, to continue.")
+    echo: bool = False
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens; wins if both.")
+
+
+class EmbeddingRequest(BaseModel):
+    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)] = Field(
+        ..., description="A text or a list of texts to embed.")
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+
+# ---- responses (for the OpenAPI document; routes build the same shapes as plain dicts) ----
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length", "abort"] | None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length", "abort"] | None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "labkit"
+    kind: str = Field(..., description="causal-lm (completions, chat) or encoder (embeddings)")
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+ERROR_RESPONSES = {status: {"model": ErrorResponse, "description": description} for status, description in {
+    400: "Bad input (malformed JSON, prompt longer than the context)",
+    401: "Missing or wrong API key",
+    404: "Unknown model",
+    413: "Body larger than the server's limit",
+    422: "A field of the wrong type or out of range",
+    429: "Queue full; retry after the Retry-After header's seconds",
+    503: "Not ready",
+    504: "Timed out",
+}.items()}
