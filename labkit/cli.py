@@ -112,7 +112,116 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="devices (NVML when present, else CPU) and versions",
                                description="Show library versions, GPUs through NVML when present, else the CPU.")
     info.set_defaults(run=cmd_info)
+    add_serve_commands(commands)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from .config import ServerConfig
+    from .models import load_model
+    from .server import run_server
+
+    config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LABKIT_API_KEY"),
+                          cors_origins=tuple(args.cors_origin), max_waiting=args.max_waiting,
+                          request_timeout_s=args.timeout, max_body_bytes=args.max_body_bytes,
+                          access_log=args.access_log, embed_max_batch_size=args.embed_max_batch_size,
+                          embed_max_queue_delay_ms=args.embed_max_queue_delay_ms)
+    names = [n for n in (args.model, args.encoder) if n and n.lower() != "none"]
+    models = [load_model(n, device=args.device, dtype=args.dtype, progress=False) for n in names]
+    engine_options = {"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else {}
+    run_server(models, config, engine_options=engine_options)
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> None:
+    import json
+
+    from .bench.serve_bench import SLO, Workload, bench_serve, format_report
+
+    workload = Workload(requests=args.requests, concurrency=args.concurrency, min_tokens=args.min_tokens,
+                        max_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature)
+    slo = SLO(ttft_ms=args.slo_ttft_ms, itl_ms=args.slo_itl_ms, e2e_ms=args.slo_e2e_ms)
+    report = bench_serve(args.url, workload, model=args.model, api_key=args.api_key, slo=slo, name=args.name,
+                         warmup=args.warmup)
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+        print(f"labkit: wrote {args.json}", file=sys.stderr)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import launch_demo
+
+    launch_demo(model=args.model, url=args.url, host=args.host, port=args.port, device=args.device,
+                dtype=args.dtype, api_key=args.api_key)
+
+
+def add_serve_commands(commands) -> None:
+    """`labkit serve`, `labkit bench serve` and `labkit demo`."""
+    serve = commands.add_parser("serve", help="the OpenAI-compatible server (completions, chat, embeddings)",
+                                description="Serve an LLM (and an encoder for /v1/embeddings) over an OpenAI-"
+                                            "compatible HTTP API with continuous batching. Ctrl-C or SIGTERM "
+                                            "drains: in-flight requests finish or are cancelled cleanly.")
+    add_model_flags(serve)
+    serve.add_argument("--encoder", default="minilm-l6-v2", help="encoder for /v1/embeddings, or 'none' "
+                                                                  "(default minilm-l6-v2)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: "
+                                                       "$LABKIT_API_KEY, else no key)")
+    serve.add_argument("--max-num-seqs", type=positive_int, default=None, help="most requests in the running batch")
+    serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond the running batch "
+                                                                   "before 429 (default 64)")
+    serve.add_argument("--timeout", type=float, default=120.0, help="seconds before a request gets 504 "
+                                                                    "(default 120)")
+    serve.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="larger bodies get 413 "
+                                                                                    "(default 1 MiB)")
+    serve.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable; "
+                                                                          "default: no CORS)")
+    serve.add_argument("--access-log", metavar="PATH", default=None, help="JSON-lines access log ('-' for stdout)")
+    serve.add_argument("--embed-max-batch-size", type=positive_int, default=32,
+                       help="dynamic batcher: most texts per encoder call (default 32)")
+    serve.add_argument("--embed-max-queue-delay-ms", type=float, default=5.0,
+                       help="dynamic batcher: how long a text waits for others (default 5 ms)")
+    serve.set_defaults(run=cmd_serve)
+
+    bench = commands.choices.get("bench")
+    if bench is None:
+        bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks; see each subcommand.")
+        bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    bench_commands = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
+    load = bench_commands.add_parser("serve", help="load test of any OpenAI-compatible server",
+                                     description="Stream N chat requests at most C at a time; report throughput, "
+                                                 "TTFT, inter-token and end-to-end latency (mean, p50, p99), "
+                                                 "errors and goodput under the SLO flags.")
+    load.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8000")
+    load.add_argument("--concurrency", type=positive_int, default=32, help="requests in flight (default 32)")
+    load.add_argument("--requests", type=positive_int, default=64, help="requests in all (default 64)")
+    load.add_argument("--min-tokens", type=positive_int, default=16, help="shortest max_tokens asked (default 16)")
+    load.add_argument("--max-tokens", type=positive_int, default=128, help="longest max_tokens asked (default 128)")
+    load.add_argument("--temperature", type=non_negative_float, default=0.0, help="default 0 (greedy)")
+    load.add_argument("--seed", type=int, default=0, help="seed of the workload (default 0)")
+    load.add_argument("--model", default=None, help="model id to ask for (default: the server's first)")
+    load.add_argument("--api-key", default=None, help="bearer key, if the server wants one")
+    load.add_argument("--name", default=None, help="system name in the report (default: detected)")
+    load.add_argument("--warmup", type=int, default=1, help="untimed requests first (default 1)")
+    load.add_argument("--slo-ttft-ms", type=float, default=None, help="goodput SLO on time to first token")
+    load.add_argument("--slo-itl-ms", type=float, default=None, help="goodput SLO on mean inter-token latency")
+    load.add_argument("--slo-e2e-ms", type=float, default=None, help="goodput SLO on end-to-end latency")
+    load.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here")
+    load.set_defaults(run=cmd_bench_serve)
+
+    demo = commands.add_parser("demo", help="the Gradio chat front-end",
+                               description="A chat UI that streams replies with their TTFT and tokens/s and a live "
+                                           "throughput plot; in-process engine, or any server given by --url.")
+    add_model_flags(demo)
+    demo.add_argument("--url", default=None, help="talk to this OpenAI-compatible server instead of loading MODEL")
+    demo.add_argument("--api-key", default=None, help="bearer key for --url")
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    demo.set_defaults(run=cmd_demo)
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:

@@ -2,8 +2,6 @@
 a background thread with its own event loop (`labkit.serve`, for notebooks)."""
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 from fastapi import FastAPI
 
@@ -41,7 +39,17 @@ class LabkitServer(uvicorn.Server):
         return None
 
 
-def run_forever(app: FastAPI, config: ServerConfig, log_level: str = "info") -> None:
-    """Serve in the foreground until SIGTERM or Ctrl-C."""
-    logging.getLogger("labkit.server").setLevel(logging.INFO)
-    LabkitServer(app, config, log_level=log_level).run()
+def run_server(models, config: ServerConfig = ServerConfig(), *, engine_options: dict | None = None,
+               log_level: str = "info") -> None:
+    """Serve `models` (LoadedModels: one causal LM, one encoder, or both) in the foreground until SIGTERM
+    or Ctrl-C, then drain: in-flight requests get `config.shutdown_grace_s` to finish, then are cancelled."""
+    from .app import create_app
+
+    app = create_app(models, config, engine_options=engine_options)
+    server = LabkitServer(app, config, log_level=log_level)
+    names = ", ".join(app.state.services.names())
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"labkit: serving {names} on http://{shown}:{config.port} (API docs at /docs; Ctrl-C to stop)",
+          flush=True)
+    server.run()
+    print("labkit: server stopped", flush=True)

@@ -1,0 +1,226 @@
+"""`labkit bench serve`: a load test of any OpenAI-compatible server (labkit, `transformers serve`, vLLM).
+
+N chat requests, at most C in flight, each streamed: the client times the first token (TTFT), the gaps
+between tokens (ITL) and the whole request (end-to-end), counts output tokens (from `usage` when the
+server sends it, else one per content chunk), and reports throughput, percentiles, errors and goodput:
+the requests per second that met every SLO given (`--slo-ttft-ms`, `--slo-itl-ms`, `--slo-e2e-ms`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import httpx
+
+PROMPTS = (
+    "Explain what a hash table is.", "Write a short poem about the sea.", "What causes the seasons on Earth?",
+    "Give three tips for learning a new language.", "Describe how a bicycle works.",
+    "What is the difference between weather and climate?", "Summarise the plot of a detective story.",
+    "Why is the sky blue?", "List some uses of a paperclip.", "How do vaccines work?",
+    "What makes a good cup of tea?", "Explain recursion to a child.", "Describe a busy market in the morning.",
+    "What are the planets of the solar system?", "How does a refrigerator keep food cold?",
+    "Tell me about the history of the printing press.",
+)
+
+
+@dataclass
+class Workload:
+    requests: int = 32
+    concurrency: int = 32
+    min_tokens: int = 16
+    max_tokens: int = 128
+    seed: int = 0
+    temperature: float = 0.0
+
+    def items(self) -> list[tuple[str, int]]:
+        rng = random.Random(self.seed)
+        return [(PROMPTS[i % len(PROMPTS)], rng.randint(self.min_tokens, self.max_tokens))
+                for i in range(self.requests)]
+
+
+@dataclass
+class Result:
+    ok: bool
+    output_tokens: int = 0
+    ttft_s: float | None = None
+    e2e_s: float = 0.0
+    itl_s: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SLO:
+    ttft_ms: float | None = None
+    itl_ms: float | None = None  # on each request's mean inter-token latency
+    e2e_ms: float | None = None
+
+    def met(self, r: Result) -> bool:
+        if not r.ok:
+            return False
+        mean_itl = sum(r.itl_s) / len(r.itl_s) if r.itl_s else 0.0
+        return all(limit is None or value is not None and value * 1000 <= limit
+                   for limit, value in ((self.ttft_ms, r.ttft_s), (self.itl_ms, mean_itl), (self.e2e_ms, r.e2e_s)))
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int,
+                      temperature: float, headers: dict) -> Result:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": temperature, "stream": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    last = None
+    result = Result(ok=False)
+    chunks = 0
+    try:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
+            if response.status_code != 200:
+                await response.aread()
+                result.error = f"HTTP {response.status_code}"
+                return result
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                payload = json.loads(data)
+                if "error" in payload:
+                    result.error = f"stream error: {payload['error'].get('code') or payload['error'].get('type')}"
+                    return result
+                if payload.get("usage"):
+                    result.output_tokens = int(payload["usage"].get("completion_tokens") or 0)
+                for choice in payload.get("choices") or []:
+                    if (choice.get("delta") or {}).get("content"):
+                        now = time.perf_counter()
+                        chunks += 1
+                        if last is None:
+                            result.ttft_s = now - started
+                        else:
+                            result.itl_s.append(now - last)
+                        last = now
+    except (httpx.HTTPError, json.JSONDecodeError) as err:
+        result.error = type(err).__name__
+        return result
+    result.e2e_s = time.perf_counter() - started
+    result.output_tokens = result.output_tokens or chunks
+    result.ok = True
+    return result
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _stats(prefix: str, values: list[float]) -> dict:
+    return {f"{prefix}_mean_s": sum(values) / len(values) if values else None,
+            f"{prefix}_p50_s": _percentile(values, 0.5), f"{prefix}_p99_s": _percentile(values, 0.99)}
+
+
+def summarise(results: list[Result], wall_s: float, slo: SLO) -> dict:
+    ok = [r for r in results if r.ok]
+    tokens = sum(r.output_tokens for r in ok)
+    errors: dict[str, int] = {}
+    for r in results:
+        if not r.ok:
+            errors[r.error or "unknown"] = errors.get(r.error or "unknown", 0) + 1
+    summary = {
+        "requests": len(results), "completed": len(ok), "errors": sum(errors.values()), "error_kinds": errors,
+        "output_tokens": tokens, "wall_s": wall_s,
+        "requests_per_s": len(ok) / wall_s if wall_s else 0.0,
+        "output_tokens_per_s": tokens / wall_s if wall_s else 0.0,
+        **_stats("ttft", [r.ttft_s for r in ok if r.ttft_s is not None]),
+        **_stats("itl", [gap for r in ok for gap in r.itl_s]),
+        **_stats("latency", [r.e2e_s for r in ok]),
+    }
+    if any(v is not None for v in (slo.ttft_ms, slo.itl_ms, slo.e2e_ms)):
+        good = sum(slo.met(r) for r in results)
+        summary["slo"] = {k: v for k, v in vars(slo).items() if v is not None}
+        summary["goodput_requests_per_s"] = good / wall_s if wall_s else 0.0
+        summary["slo_attainment"] = good / len(results) if results else 0.0
+    return summary
+
+
+async def detect(client: httpx.AsyncClient, url: str, headers: dict) -> tuple[str, str]:
+    """(model id, server name) from /v1/models, for the report; --name overrides the guess.""""
+    response = await client.get(f"{url}/v1/models", headers=headers)
+    response.raise_for_status()
+    cards = response.json()["data"]
+    chat = [c for c in cards if c.get("kind", "causal-lm") == "causal-lm"] or cards
+    owner = chat[0].get("owned_by") or ""
+    if owner in ("labkit", "vllm"):
+        name = owner
+    elif "status" in chat[0]:  # transformers serve reports each model's load status
+        name = "transformers-serve"
+    else:
+        name = urlparse(url).netloc
+    return chat[0]["id"], name
+
+
+async def run_load(url: str, workload: Workload, *, model: str | None = None, api_key: str | None = None,
+                   slo: SLO = SLO(), warmup: int = 1, timeout_s: float = 600.0) -> tuple[str, str, dict]:
+    url = url.rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    limits = httpx.Limits(max_connections=workload.concurrency + 4, max_keepalive_connections=workload.concurrency)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0), limits=limits) as client:
+        detected_model, server = await detect(client, url, headers)
+        model = model or detected_model
+        for _ in range(warmup):
+            await one_request(client, url, model, PROMPTS[0], 8, workload.temperature, headers)
+        gate = asyncio.Semaphore(workload.concurrency)
+
+        async def gated(prompt: str, max_tokens: int) -> Result:
+            async with gate:
+                return await one_request(client, url, model, prompt, max_tokens, workload.temperature, headers)
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(gated(p, n) for p, n in workload.items()))
+        wall = time.perf_counter() - started
+    return server, model, summarise(list(results), wall, slo)
+
+
+def machine() -> dict:
+    from ..monitor import cpu_reading, gpu_readings
+
+    cpu = cpu_reading()
+    return {"cpu": cpu.model, "physical_cores": cpu.physical_cores, "logical_cores": cpu.logical_cores,
+            "memory_gib": round(cpu.memory_total_bytes / 2**30, 1), "gpus": [g.name for g in gpu_readings()],
+            "python": platform.python_version()}
+
+
+def bench_serve(url: str, workload: Workload, *, model: str | None = None, api_key: str | None = None,
+                slo: SLO = SLO(), name: str | None = None, warmup: int = 1) -> dict:
+    """Run the load test and return the benchmark JSON (DESIGN.md's shape, one system)."""
+    server, model, summary = asyncio.run(run_load(url, workload, model=model, api_key=api_key, slo=slo,
+                                                  warmup=warmup))
+    return {"machine": machine(),
+            "workload": {**vars(workload), "url": url, "model": model, "endpoint": "/v1/chat/completions",
+                         "stream": True},
+            "systems": {name or server: summary}, "ratios": {}}
+
+
+def format_report(report: dict) -> str:
+    lines = []
+    for name, s in report["systems"].items():
+        ms = lambda v: "n/a" if v is None else f"{v * 1000:.0f}"  # noqa: E731
+        lines += [f"{name}: {s['completed']}/{s['requests']} requests in {s['wall_s']:.1f} s, {s['errors']} errors "
+                  f"{s['error_kinds'] or ''}".rstrip(),
+                  f"  throughput  {s['requests_per_s']:.2f} req/s, {s['output_tokens_per_s']:.1f} output tok/s "
+                  f"({s['output_tokens']} tokens)",
+                  f"  TTFT        mean {ms(s['ttft_mean_s'])} ms, p50 {ms(s['ttft_p50_s'])} ms, p99 {ms(s['ttft_p99_s'])} ms",
+                  f"  ITL         mean {ms(s['itl_mean_s'])} ms, p50 {ms(s['itl_p50_s'])} ms, p99 {ms(s['itl_p99_s'])} ms",
+                  f"  end-to-end  mean {ms(s['latency_mean_s'])} ms, p50 {ms(s['latency_p50_s'])} ms, "
+                  f"p99 {ms(s['latency_p99_s'])} ms"]
+        if "goodput_requests_per_s" in s:
+            lines.append(f"  goodput     {s['goodput_requests_per_s']:.2f} req/s within SLO {s['slo']} "
+                         f"({s['slo_attainment']:.0%} of requests)")
+    return "\n".join(lines)
