@@ -25,6 +25,23 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """How the continuous-batching engine schedules requests and sizes its KV cache (`labkit.LLM`).
+
+    The KV cache is preallocated once: `kv_cache_tokens` tokens of keys and values for every layer, cut
+    into pages of `page_size` tokens. Requests take pages as they grow; when none are left the newest
+    running request is preempted and recomputed later.
+    """
+
+    max_num_seqs: int = 32  # most requests running (decoding or prefilling) at once
+    max_num_batched_tokens: int = 512  # per-step token budget; longer prompts are prefilled in chunks
+    max_model_len: int | None = None  # longest prompt + output; None: the model's context (and the cache's size)
+    kv_cache_tokens: int = 16384  # KV memory, in tokens, preallocated once (rounded down to whole pages)
+    page_size: int = 64  # tokens per KV page: the unit requests grow by
+    seed: int = 0  # seeds sampling for requests that bring no seed of their own
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How the OpenAI-compatible server listens, admits and limits requests (`labkit serve`, `labkit.serve`).
 
