@@ -56,7 +56,8 @@ class EngineBridge:
         self._aborted.add(request_id)
 
     async def submit(self, request_id: str, prompt_ids: list[int], *, max_tokens: int, temperature: float,
-                     top_p: float, top_k: int, seed: int | None) -> AsyncIterator[Step]:
+                     top_p: float, top_k: int, seed: int | None, stop: tuple[str, ...] = (), ignore_eos: bool = False,
+                     min_tokens: int = 0) -> AsyncIterator[Step]:
         loop = asyncio.get_running_loop()
         steps: asyncio.Queue[Step] = asyncio.Queue()
         self._waiting += 1
@@ -98,6 +99,7 @@ class EngineBridge:
                         with torch.inference_mode():
                             out = self.loaded.model.generate(
                                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                min_new_tokens=max_tokens if ignore_eos else min_tokens or None,
                                 streamer=Push(), stopping_criteria=StoppingCriteriaList([Abort()]),
                                 pad_token_id=self.loaded.tokenizer.pad_token_id, **sampling)
                         out_len = out.shape[1] - len(prompt_ids)

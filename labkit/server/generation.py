@@ -124,7 +124,8 @@ class GenerationJob:
         self._engine_done = False
         self._outputs = service.engine.submit(request_id, prompt_ids, max_tokens=max_tokens,
                                               temperature=body.temperature, top_p=body.top_p,
-                                              top_k=body.top_k or 0, seed=body.seed)
+                                              top_k=body.top_k or 0, seed=body.seed, stop=tuple(stops),
+                                              ignore_eos=body.ignore_eos, min_tokens=min(body.min_tokens, max_tokens))
 
     def usage(self) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,

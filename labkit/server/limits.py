@@ -9,45 +9,41 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from .errors import APIError, queue_full
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
-    """413 for a body over `max_bytes`: at once from Content-Length, or as soon as a chunked body passes it."""
+    """413 for a body over `max_bytes`: at once from Content-Length, or as soon as a chunked body passes it.
+    The body (at most `max_bytes`, which routes would read whole anyway) is read here, then replayed."""
 
     def __init__(self, app, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(scope, receive, send)
-        seen = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal seen
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":  # the client left before sending its body
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._reject(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._reject(scope, receive, send)
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope, receive, send):
         error = APIError(413, f"The request body is larger than this server's limit of {self.max_bytes} bytes.",

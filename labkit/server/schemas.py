@@ -36,6 +36,9 @@ class SamplingFields(BaseModel):
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     user: str | None = None
+    # vLLM's extensions, for benchmarks and tests that need exact output lengths
+    ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
+    min_tokens: int = Field(0, ge=0, description="The end-of-sequence token is masked until this many tokens.")
 
 
 class CompletionRequest(SamplingFields):
