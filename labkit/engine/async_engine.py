@@ -1,0 +1,157 @@
+"""`AsyncLLM`: the engine for asyncio code (the server). Submit a request, `async for` its tokens, cancel it.
+
+The engine steps in one background thread, so the event loop never waits on a forward pass. New requests
+go through an inbox the thread drains between steps (submitting never blocks the loop). `abort` takes the
+engine lock, so it waits for at most the step in flight, and the request's KV pages are free when it
+returns. Leaving an `async for` early (a client that disconnects) aborts the request.
+
+    engine = AsyncLLM(load_model("smollm2-135m-instruct"))
+    async for out in engine.generate("Hello", SamplingParams(max_tokens=32)):
+        print(out.new_token_ids, out.text)
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+
+from ..config import EngineConfig
+from .detokenizer import IncrementalDetokenizer
+from .llm import LLM
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+
+class AsyncLLM:
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, **overrides):
+        self._llm = LLM(model, tokenizer, config, **overrides)
+        self.engine = self._llm.engine
+        self.tokenizer = self._llm.tokenizer
+        self._lock = threading.Lock()  # held while a step runs, and by abort
+        self._wake = threading.Condition(threading.Lock())
+        self._inbox: deque = deque()  # (request_id, ids, params, prompt, queue, loop) waiting to enter the engine
+        self._streams: dict[str, tuple[asyncio.Queue, asyncio.AbstractEventLoop]] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.error: BaseException | None = None  # set if the engine thread died
+
+    # ---- life cycle ----
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="labkit-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Abort everything in flight and stop the engine thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+        for request_id in list(self._streams):
+            self.abort(request_id)
+
+    # ---- requests ----
+    async def generate(self, prompt, params: SamplingParams | None = None,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yield an output per new token (text so far in `.text`); the last has `finished` True and metrics.
+        Raises ValueError at once for a prompt the engine cannot run."""
+        ids = self._llm.encode(prompt)
+        self.engine.validate_prompt(ids)
+        self.start()
+        request_id = request_id or f"async-{next(self._ids)}"
+        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self._streams[request_id] = (queue, loop)
+        with self._wake:
+            self._inbox.append((request_id, ids, params or SamplingParams(), prompt))
+            self._wake.notify()
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        finished = False
+        try:
+            while not finished:
+                output = await queue.get()
+                if isinstance(output, BaseException):
+                    raise RuntimeError("The engine thread failed.") from output
+                finished = output.finished
+                if not finished:
+                    for token in output.new_token_ids:
+                        detokenizer.add(token)
+                    output.text = detokenizer.text
+                yield output
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> bool:
+        """Cancel a request now; its pages are freed before this returns. False if it had already ended."""
+        with self._wake:  # still in the inbox: it never reached the engine
+            for entry in list(self._inbox):
+                if entry[0] == request_id:
+                    self._inbox.remove(entry)
+                    self._deliver(RequestOutput(request_id, entry[3], entry[1], [], finished=True,
+                                                finish_reason="abort", text=""))
+                    return True
+        with self._lock:
+            output = self.engine.abort(request_id)
+        if output is not None:
+            self._deliver(output)
+        return output is not None
+
+    # ---- state, for /metrics and /health ----
+    @property
+    def num_running(self) -> int:
+        return self.engine.num_running
+
+    @property
+    def num_waiting(self) -> int:
+        return self.engine.num_waiting + len(self._inbox)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.engine.runner.cache.usage
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.engine.config.max_num_seqs
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def stats(self) -> dict:
+        return {**self.engine.stats(), "num_waiting": self.num_waiting}
+
+    # ---- the engine thread ----
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not self._stopping and not self._inbox and not self.engine.has_unfinished_requests():
+                        self._wake.wait()
+                    if self._stopping:
+                        return
+                    arrivals = list(self._inbox)
+                    self._inbox.clear()
+                with self._lock:
+                    for request_id, ids, params, prompt in arrivals:
+                        self.engine.add_request(ids, params, request_id=request_id, prompt=prompt)
+                    outputs = self.engine.step()
+                for output in outputs:
+                    self._deliver(output)
+        except BaseException as error:  # surface it to every waiting consumer instead of hanging them
+            self.error = error
+            for queue, loop in list(self._streams.values()):
+                loop.call_soon_threadsafe(queue.put_nowait, error)
+
+    def _deliver(self, output: RequestOutput) -> None:
+        stream = self._streams.get(output.request_id)
+        if stream is not None:
+            queue, loop = stream
+            loop.call_soon_threadsafe(queue.put_nowait, dataclasses.replace(output))

@@ -1,0 +1,139 @@
+"""The engine loop: `step()` is schedule → run → update.
+
+It knows nothing of prompts as text, threads or HTTP: `LLM` (scripts, notebooks) and `AsyncLLM` (the server)
+wrap it. Every step is logged (which requests ran, how many tokens each) so the batching can be seen.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from ..config import EngineConfig
+from .model_runner import ModelRunner
+from .outputs import RequestOutput
+from .request import Request
+from .sampler import Sampler
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One engine step: when it ran and which requests it advanced by how many tokens."""
+
+    index: int
+    started: float  # time.perf_counter()
+    duration_s: float
+    requests: tuple[tuple[str, int], ...]  # (request_id, tokens computed): 1 for a decode, more for a prefill chunk
+    num_preempted: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.requests)
+
+
+class LLMEngine:
+    """Continuous batching over one Hugging Face decoder: requests join and leave between steps."""
+
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, max_logged_steps: int = 100_000):
+        self.config = config or EngineConfig()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.runner = ModelRunner(model, self.config)
+        self.scheduler = Scheduler(self.config, self.runner.cache)
+        self.sampler = Sampler(self.config.seed)
+        self.max_model_len = self._max_model_len(model.config)
+        self.vocab_size = model.get_input_embeddings().num_embeddings
+        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self.steps: deque[StepRecord] = deque(maxlen=max_logged_steps)
+        self._ids = itertools.count()
+
+    def _max_model_len(self, model_config) -> int:
+        limits = [self.runner.cache.capacity_tokens]
+        for name in ("max_position_embeddings", "n_positions"):
+            if isinstance(getattr(model_config, name, None), int):
+                limits.append(getattr(model_config, name))
+                break
+        # The paged attention attends to the whole context; beyond a sliding window it would differ from the model.
+        window = getattr(model_config, "sliding_window", None)
+        if isinstance(window, int) and getattr(model_config, "use_sliding_window", True):
+            limits.append(window)
+        if self.config.max_model_len:
+            limits.append(self.config.max_model_len)
+        return min(limits)
+
+    # ---- requests in ----
+    def validate_prompt(self, prompt_token_ids: list[int]) -> None:
+        """Raise ValueError (one sentence) for a prompt the engine cannot run."""
+        count = len(prompt_token_ids)
+        if count == 0:
+            raise ValueError("The prompt is empty: it needs at least one token.")
+        if count >= self.max_model_len:
+            raise ValueError(f"The prompt has {count} tokens but this engine's context is {self.max_model_len} "
+                             f"tokens, which leaves no room to generate; shorten it or raise max_model_len.")
+        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= self.vocab_size:
+            raise ValueError(f"Token ids must lie in [0, {self.vocab_size}) for this model.")
+
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None, *,
+                    request_id: str | None = None, prompt: object = None, arrival_time: float | None = None) -> Request:
+        self.validate_prompt(prompt_token_ids)
+        request = Request(request_id or f"req-{next(self._ids)}", prompt_token_ids, params or SamplingParams(),
+                          prompt=prompt, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
+                          tokenizer=self.tokenizer, arrival_time=arrival_time)
+        self.scheduler.add(request)
+        return request
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Cancel a request; its KV pages are free when this returns. None if it is unknown or already done."""
+        request = self.scheduler.abort(request_id)
+        return None if request is None else request.output([])
+
+    # ---- the loop ----
+    def step(self) -> list[RequestOutput]:
+        """Schedule → run → update. Returns an output for each request that got a token (finished or not)."""
+        started = time.perf_counter()
+        plan = self.scheduler.schedule()
+        if not plan:
+            return []
+        logits, samplers = self.runner.execute(plan.scheduled)
+        tokens = self.sampler(logits, [item.request for item in samplers])
+        sampled = {item.request.request_id: token for item, token in zip(samplers, tokens)}
+        changed = self.scheduler.update(plan, sampled)
+        self.steps.append(StepRecord(len(self.steps), started, time.perf_counter() - started,
+                                     tuple((s.request.request_id, s.num_tokens) for s in plan.scheduled),
+                                     len(plan.preempted)))
+        return [request.output(new) for request, new in changed]
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def stats(self) -> dict:
+        """Queue lengths, preemptions and KV cache use (pages held, how full they are, bytes reserved)."""
+        return {**self.scheduler.stats(), "max_model_len": self.max_model_len, "num_steps": len(self.steps)}
+
+    def close(self) -> None:
+        """Abort what is left and give the model back its own attention."""
+        for request in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self.scheduler.abort(request.request_id)
+        self.runner.close()
+
+
+def _eos_token_ids(model, tokenizer) -> frozenset[int]:
+    ids: set[int] = set()
+    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (generation_eos, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

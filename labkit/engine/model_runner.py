@@ -1,0 +1,120 @@
+"""One forward pass per step over every scheduled token, packed into a single row.
+
+The runner turns the scheduler's decision into tensors (token ids, positions, where each token's key and
+value go, what each decode may attend to), runs the Hugging Face model with the `labkit_paged` attention,
+and returns logits only for the tokens that will be sampled. It owns the KV cache.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..config import EngineConfig
+from . import attention
+from .attention import AttentionBatch, PagedAttention, PrefillChunk
+from .kv_cache import KVShape, PagedKVCache
+from .scheduler import ScheduledRequest
+
+
+class ModelRunner:
+    def __init__(self, model, config: EngineConfig):
+        self.model = model
+        self.device = next(model.parameters()).device
+        attention.register()
+        probe_ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
+        shape, num_heads, self.attention_modules = attention.probe_kv_shape(model, probe_ids)
+        self.kv_shape: KVShape = shape
+        self.cache = PagedKVCache(shape, config.kv_cache_tokens, config.page_size, self.device)
+        self.page_size = config.page_size
+        self.attention = PagedAttention(self.cache, num_heads)
+        for layer, module in enumerate(self.attention_modules):
+            self.attention.layer_of[id(module)] = layer
+            module._labkit_attention = self.attention
+        self.previous_attn_implementation = model.config._attn_implementation
+        model.set_attn_implementation(attention.ATTENTION_NAME)
+        # A 4-D mask makes transformers skip building its own masks (ours are in the batch); it is never read.
+        self.no_mask = torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=self.device)
+        self.page_slots = torch.arange(self.page_size, device=self.device)
+
+    def close(self) -> None:
+        """Detach from the model: it goes back to its own attention implementation."""
+        for module in self.attention_modules:
+            module.__dict__.pop("_labkit_attention", None)
+        self.model.set_attn_implementation(self.previous_attn_implementation)
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledRequest]) -> tuple[torch.Tensor, list[ScheduledRequest]]:
+        """Run the step. Returns logits [samplers, vocab] and the scheduled requests they belong to."""
+        decodes = [s for s in scheduled if s.num_tokens == 1]
+        prefills = [s for s in scheduled if s.num_tokens > 1]
+        ordered = decodes + prefills  # the attention expects decodes first
+        token_ids: list[int] = []
+        positions: list[int] = []
+        write_pages: list[int] = []
+        keep: list[int] = []  # packed indices whose logits are needed
+        samplers: list[ScheduledRequest] = []
+        chunks: list[PrefillChunk] = []
+        page_size = self.page_size
+        for item in ordered:
+            request = item.request
+            start = request.num_computed_tokens
+            end = start + item.num_tokens
+            table = self.cache.page_tables[request.request_id]
+            row = len(token_ids)
+            token_ids.extend(request.token_ids[start:end])
+            positions.extend(range(start, end))
+            write_pages.extend(table[p // page_size] for p in range(start, end))
+            if item.num_tokens > 1:
+                chunks.append(self._prefill_chunk(row, start, end, table))
+            if item.samples:
+                keep.append(row + item.num_tokens - 1)
+                samplers.append(item)
+        device = self.device
+        position_tensor = torch.tensor(positions, device=device)
+        batch = AttentionBatch(
+            write_pages=torch.tensor(write_pages, device=device),
+            write_offsets=position_tensor % page_size,
+            num_decode=len(decodes),
+            prefills=tuple(chunks))
+        if decodes:
+            self._describe_decodes(batch, decodes)
+        self.attention.batch = batch
+        try:
+            out = self.model(input_ids=torch.tensor([token_ids], device=device),
+                             position_ids=position_tensor.unsqueeze(0), attention_mask=self.no_mask,
+                             use_cache=False, logits_to_keep=torch.tensor(keep, device=device))
+        finally:
+            self.attention.batch = None
+        return out.logits[0], samplers
+
+    def _prefill_chunk(self, row: int, start: int, end: int, table: list[int]) -> PrefillChunk:
+        if start == 0:
+            return PrefillChunk(row, row + end - start)
+        # A later chunk of a long prompt: it attends to the cached start of the prompt and causally to itself.
+        query_positions = torch.arange(start, end, device=self.device).unsqueeze(1)
+        mask = torch.arange(end, device=self.device).unsqueeze(0) <= query_positions
+        pages = torch.tensor(table[:self.cache.pages_for(end)], device=self.device)
+        return PrefillChunk(row, row + end - start, context_pages=pages, mask=mask, context_len=end)
+
+    def _describe_decodes(self, batch: AttentionBatch, decodes: list[ScheduledRequest]) -> None:
+        """Which decode owns each page of the pool, and how many of that page's slots it has filled."""
+        page_size = self.page_size
+        tables = [self.cache.page_tables[d.request.request_id] for d in decodes]
+        pool = 1 + max(max(t) for t in tables)
+        owner = [0] * pool
+        filled = [0] * pool
+        for row, (item, table) in enumerate(zip(decodes, tables)):
+            context = item.request.num_computed_tokens + 1  # the cached tokens and the new one
+            for index in range(self.cache.pages_for(context)):
+                page = table[index]
+                owner[page] = row
+                filled[page] = min(page_size, context - index * page_size)
+        device = self.device
+        owner_tensor = torch.tensor(owner, device=device)
+        filled_tensor = torch.tensor(filled, device=device)
+        visible = self.page_slots.unsqueeze(0) < filled_tensor.unsqueeze(1)  # [pool, page]
+        bias = torch.zeros(pool, page_size, device=device).masked_fill_(~visible, float("-inf"))
+        batch.num_pool_pages = pool
+        batch.page_owner = owner_tensor
+        batch.owner_index = owner_tensor.view(pool, 1, 1, 1).expand(
+            pool, self.attention.num_kv_heads, self.attention.groups, 1)
+        batch.page_bias = bias.view(pool, 1, 1, page_size)

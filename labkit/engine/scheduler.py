@@ -1,0 +1,147 @@
+"""Which requests run in the next step, and how many tokens each: the `schedule()` / `update()` contract.
+
+Policy, in order of priority:
+1. Running requests first, oldest first: each gets one token if decoding, or the next chunk of its prompt
+   if still prefilling. Decodes come before any new prefill, so a long prompt cannot stall them.
+2. Then waiting requests, first come first served, while there is token budget, a free running seat
+   (max_num_seqs) and KV pages for their first chunk. A prompt longer than what is left of the budget is
+   prefilled in chunks over several steps (chunked prefill).
+3. A running request that needs a page when none is free takes it from the newest running request, which is
+   preempted: its pages are freed and it goes back to the front of the queue, to be recomputed from its
+   prompt and the tokens it already produced (recompute-style preemption; greedy outputs are unchanged).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..config import EngineConfig
+from .kv_cache import PagedKVCache
+from .request import Request, RequestStatus
+
+
+@dataclass(frozen=True)
+class ScheduledRequest:
+    request: Request
+    num_tokens: int  # tokens to compute this step, starting at request.num_computed_tokens
+
+    @property
+    def samples(self) -> bool:
+        """True when this step reaches the request's last known token, so its logits give the next one."""
+        return self.request.num_computed_tokens + self.num_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled)
+
+    def __bool__(self) -> bool:
+        return bool(self.scheduled)
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, cache: PagedKVCache):
+        self.config = config
+        self.cache = cache
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # oldest first; the newest is the first to be preempted
+        self.num_preemptions = 0
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_tokens = min(request.num_tokens - request.num_computed_tokens, budget)
+            if self._make_room(request, request.num_computed_tokens + num_tokens, out):
+                out.scheduled.append(ScheduledRequest(request, num_tokens))
+                budget -= num_tokens
+                index += 1
+            else:  # the request preempted itself: nothing newer is left running
+                break
+        if out.preempted:  # memory is short: admitting more now would only preempt again
+            return out
+        now = time.perf_counter()
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[0]
+            num_tokens = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self.cache.reserve(request.request_id, request.num_computed_tokens + num_tokens):
+                break
+            self.waiting.popleft()
+            request.status = RequestStatus.RUNNING
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = now
+            self.running.append(request)
+            out.scheduled.append(ScheduledRequest(request, num_tokens))
+            budget -= num_tokens
+        return out
+
+    def _make_room(self, request: Request, num_tokens: int, out: SchedulerOutput) -> bool:
+        """Reserve pages for `num_tokens` of `request`, preempting the newest requests until they fit.
+        False if `request` itself had to be preempted."""
+        while not self.cache.reserve(request.request_id, num_tokens):
+            victim = self.running.pop()
+            self._preempt(victim)
+            out.preempted.append(victim)
+            if victim is request:
+                return False
+        return True
+
+    def _preempt(self, request: Request) -> None:
+        self.cache.free(request.request_id)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[tuple[Request, list[int]]]:
+        """Advance every scheduled request by what the step computed; append the sampled tokens; retire
+        the requests that finished. Returns (request, new token ids) for each request that moved."""
+        now = time.perf_counter()
+        changed = []
+        for item in out.scheduled:
+            request = item.request
+            request.num_computed_tokens += item.num_tokens
+            token = sampled.get(request.request_id)
+            if token is None:
+                continue
+            request.append_token(token, now)  # may finish it: EOS, stop, max_tokens or a full context
+            if request.status.is_finished:
+                self._retire(request, request.status, now)
+            changed.append((request, [token]))
+        return changed
+
+    def abort(self, request_id: str) -> Request | None:
+        """Take a request out wherever it is, and free its pages now."""
+        for queue in (self.running, self.waiting):
+            for request in queue:
+                if request.request_id == request_id:
+                    self._retire(request, RequestStatus.FINISHED_ABORTED, time.perf_counter())
+                    return request
+        return None
+
+    def _retire(self, request: Request, status: RequestStatus, now: float) -> None:
+        request.finish(status, now)
+        self.cache.free(request.request_id)
+        if request in self.running:
+            self.running.remove(request)
+        else:
+            self.waiting.remove(request)
+
+    def stats(self) -> dict:
+        return {"num_running": len(self.running), "num_waiting": len(self.waiting),
+                "num_preemptions": self.num_preemptions, **self.cache.stats()}
