@@ -82,6 +82,11 @@ class _OnnxModel:
     def eval(self):
         return self
 
+    def parameters(self):
+        """Code that expects a torch module (the engine reads its device from the first parameter) gets
+        the reason it cannot use this variant instead of an AttributeError."""
+        raise TypeError(self.unservable_reason)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(providers={self.providers}, level={self.graph_optimization_level!r})"
 
