@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Show library versions, GPUs through NVML when present, else the CPU.")
     info.set_defaults(run=cmd_info)
     add_serve_commands(commands)
+    add_optimize_commands(commands)
     return parser
 
 
@@ -222,6 +223,45 @@ def add_serve_commands(commands) -> None:
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     demo.set_defaults(run=cmd_demo)
+
+
+def cmd_bench_optimize(args: argparse.Namespace) -> None:
+    import json
+
+    from .bench.optimize_bench import OptimizeWorkload, format_table, run_optimize_bench
+
+    variants = tuple(args.variants.split(",")) if args.variants else None
+    workload = OptimizeWorkload(decode_tokens=args.decode_tokens)
+    print(f"labkit bench optimize: {args.model}, one variant at a time", file=sys.stderr)
+    result = run_optimize_bench(args.model, variants, workload, log=lambda line: print(line, file=sys.stderr))
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(result, out, indent=2)
+        print(f"labkit: wrote {args.json}", file=sys.stderr)
+
+
+def add_optimize_commands(commands) -> None:
+    """`labkit bench optimize`, added to the `bench` group whoever created it first."""
+    from .optimize import OPTIMIZERS
+
+    bench = commands.choices.get("bench")
+    if bench is None:
+        bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks; see each subcommand.")
+        bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    bench_commands = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
+    optimize = bench_commands.add_parser(
+        "optimize", help="quantized, exported and pruned variants of one model: speed, size, accuracy",
+        description="Measure each optimization variant of MODEL against fp32 in one process: weight MB, load s, "
+                    "prefill ms (256-token prompt), decode tokens/s at batch 1 and 16, perplexity and greedy "
+                    f"agreement (cosine for encoders). Variants: {', '.join(OPTIMIZERS)}.")
+    optimize.add_argument("--model", default=DEFAULT_LLM, help=f"alias, Hugging Face id or local path "
+                                                               f"(default {DEFAULT_LLM})")
+    optimize.add_argument("--variants", default=None, help="comma-separated subset (default: all that apply)")
+    optimize.add_argument("--decode-tokens", type=positive_int, default=32, help="greedy tokens per timing "
+                                                                                 "(default 32)")
+    optimize.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here")
+    optimize.set_defaults(run=cmd_bench_optimize)
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:

@@ -24,16 +24,24 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
     progress: bool = True,
+    optimize: str | None = None,
 ) -> LoadedModel:
     """Load a model for inference.
 
     `name_or_path` is an alias (see `labkit models`), a local Hugging Face directory, or a hub id that
     is cached or reachable. `device="auto"` picks CUDA when present; `dtype="auto"` picks bfloat16 where
     the hardware computes in it natively, else float32. Remote code runs only with `trust_remote_code`.
+    `optimize` names a variant from `labkit.optimize.OPTIMIZERS` ("torch-int8", "bnb-4bit", "onnx", ...)
+    applied after loading; its time is included in `load_seconds`.
     """
+    from ..optimize import OPTIMIZERS, optimize as apply_optimization  # each scheme imports lazily
+
+    if optimize is not None and optimize not in OPTIMIZERS:  # fail before a long load, not after
+        raise ValueError(f"optimize={optimize!r} is not one of: {', '.join(OPTIMIZERS)}.")
     started = time.perf_counter()
     with _transformers_progress(progress):
-        return _load(name_or_path, device, dtype, trust_remote_code, progress, started)
+        loaded = _load(name_or_path, device, dtype, trust_remote_code, progress, started)
+    return loaded if optimize is None else apply_optimization(loaded, optimize)
 
 
 def _load(name_or_path: str, device: str, dtype: str | torch.dtype, trust_remote_code: bool, progress: bool,
