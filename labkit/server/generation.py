@@ -8,7 +8,7 @@ import time
 
 from ..config import ServerConfig
 from ..models import LoadedModel
-from .detokenize import IncrementalDetokenizer, StopMatcher
+from .stops import StopMatcher
 from .engine_bridge import EngineBridge
 from .errors import APIError, bad_request, timed_out
 from .limits import Admission
@@ -116,9 +116,11 @@ class GenerationJob:
         self.finish_reason: str | None = None
         self.ttft_s: float | None = None
         self.started = time.perf_counter()
-        self.deadline = self.started + service.config.request_timeout_s
-        self._detok = IncrementalDetokenizer(service.tokenizer)
+        self.deadline = asyncio.get_running_loop().time() + service.config.request_timeout_s
         self._stops = StopMatcher(stops)
+        self._seen = ""  # engine text fed to the stop matcher so far
+        self._emitted = ""  # text handed to the client so far
+        self._stop_seen = False
         self._cancel_reason: str | None = None
         self._closed = False
         self._engine_done = False
@@ -131,57 +133,59 @@ class GenerationJob:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
+    def _emit(self, text: str) -> str:
+        self._emitted += text
+        return text
+
     async def stream(self):
         """Text deltas as the engine produces tokens; raises APIError on timeout or cancel."""
-        outputs = self._outputs.__aiter__()
         while True:
-            remaining = self.deadline - time.perf_counter()
             try:
-                if remaining <= 0:
-                    raise TimeoutError
-                step = await asyncio.wait_for(outputs.__anext__(), timeout=remaining)
+                async with asyncio.timeout_at(self.deadline):
+                    step = await anext(self._outputs)
             except StopAsyncIteration:
                 break
-            except TimeoutError:
+            except TimeoutError:  # leaving the engine's stream mid-way aborted the request, KV freed
                 self.finish_reason = "timeout"
-                self.service.engine.abort(self.id)
                 raise timed_out(self.service.config.request_timeout_s) from None
-            if self._cancel_reason is not None:
-                raise APIError(503, self._cancel_reason, code="cancelled")
             if step.new_token_ids:
                 self.ttft_s = self.ttft_s if self.ttft_s is not None else time.perf_counter() - self.started
                 self.completion_tokens += len(step.new_token_ids)
-            text = self._detok.add(step.new_token_ids, final=step.finished)
-            text, hit = self._stops.feed(text, final=step.finished)
-            if hit:
-                self.finish_reason = "stop"
-                self.service.engine.abort(self.id)
-                self._engine_done = True
-                yield text
-                return
             if step.finished:
                 self._engine_done = True
                 self.finish_reason = step.finish_reason
+                if self._cancel_reason is not None:
+                    raise APIError(503, self._cancel_reason, code="cancelled")
                 self._record(step.timings)
-                yield text
+                # The engine's final text is authoritative (cut before a stop string).
+                tail = step.text[len(self._emitted):] if step.text.startswith(self._emitted) else ""
+                yield self._emit(tail)
                 return
-            yield text
+            if self._stop_seen:  # nothing more streams after a stop string; the final step follows
+                continue
+            delta = step.text[len(self._seen):] if step.text.startswith(self._seen) else ""
+            self._seen = step.text
+            text, self._stop_seen = self._stops.feed(delta)
+            if text:
+                yield self._emit(text)
         if self._cancel_reason is not None:
             raise APIError(503, self._cancel_reason, code="cancelled")
 
     def cancel(self, reason: str) -> None:
-        """Stop the request from outside (shutdown): the engine frees its KV blocks at once."""
+        """Stop the request from outside (shutdown): the engine frees its KV pages at once."""
         if not self._engine_done:
             self._cancel_reason = reason
-            self.finish_reason = "abort"
             self.service.engine.abort(self.id)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if not self._engine_done:  # client gone, timed out or errored: free the KV memory now
-            self.service.engine.abort(self.id)
+        try:
+            await self._outputs.aclose()  # a stream left early aborts its request: KV pages freed
+        except RuntimeError:  # still being iterated by a task that is being cancelled
+            await asyncio.to_thread(self.service.engine.abort, self.id)
+        if not self._engine_done:
             self.finish_reason = self.finish_reason or "abort"
             self.service.metrics.success.inc(finished_reason=self.finish_reason)
         self.service.admission.release()
@@ -190,9 +194,6 @@ class GenerationJob:
     def _record(self, timings) -> None:
         metrics = self.service.metrics
         if timings is None:  # no engine timings: the server's own view of them
-            e2e = time.perf_counter() - self.started
-            metrics.record_finished(finish_reason=self.finish_reason, prompt_tokens=self.prompt_tokens,
-                                    output_tokens=self.completion_tokens, ttft_s=self.ttft_s, e2e_s=e2e)
-        else:
-            metrics.record_finished(finish_reason=self.finish_reason, prompt_tokens=self.prompt_tokens,
-                                    output_tokens=self.completion_tokens, **timings)
+            timings = {"ttft_s": self.ttft_s, "e2e_s": time.perf_counter() - self.started}
+        metrics.record_finished(finish_reason=self.finish_reason, prompt_tokens=self.prompt_tokens,
+                                output_tokens=self.completion_tokens, **timings)

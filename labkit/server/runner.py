@@ -20,6 +20,17 @@ class LabkitServer(uvicorn.Server):
             timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5, lifespan="on", ws="none",
             server_header=False, proxy_headers=False))
 
+    announce = False  # print the URL once listening (the CLI; port 0 is only known then)
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.announce and self.started:
+            names = ", ".join(self.app.state.services.names())
+            host = self.labkit_config.host
+            shown = f"[{host}]" if ":" in host else host
+            print(f"labkit: serving {names} on http://{shown}:{self.bound_port} (API docs at /docs; Ctrl-C to stop)",
+                  flush=True)
+
     def handle_exit(self, sig, frame) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()  # a handled SIGTERM/SIGINT ends the process cleanly, exit status 0
@@ -47,9 +58,6 @@ def run_server(models, config: ServerConfig = ServerConfig(), *, engine_options:
 
     app = create_app(models, config, engine_options=engine_options)
     server = LabkitServer(app, config, log_level=log_level)
-    names = ", ".join(app.state.services.names())
-    shown = f"[{config.host}]" if ":" in config.host else config.host
-    print(f"labkit: serving {names} on http://{shown}:{config.port} (API docs at /docs; Ctrl-C to stop)",
-          flush=True)
+    server.announce = True
     server.run()
     print("labkit: server stopped", flush=True)

@@ -1,34 +1,7 @@
-"""Text out of a token stream: incremental detokenisation and stop strings.
-
-Decoding token by token breaks multi-byte characters and the spaces some tokenizers attach to the next
-token, so each step decodes a short window and emits only what became stable (vLLM's prefix/read
-offsets). A stop string may straddle several deltas, so the tail that could still start one is held
-back until it cannot.
-"""
+"""Stop strings in streamed text: a stop string may straddle several deltas, so the tail that could
+still start one is held back until it cannot. (The engine ends the request on the token that completes
+one and cuts its final text; this keeps the streamed deltas from showing the stop's first characters.)"""
 from __future__ import annotations
-
-
-class IncrementalDetokenizer:
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix_offset = 0  # decoding starts here, a little before the new tokens, for context
-        self.read_offset = 0  # text up to here has been emitted
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def add(self, new_ids: list[int], final: bool = False) -> str:
-        self.ids.extend(new_ids)
-        if not self.ids or (not new_ids and not final):
-            return ""
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset:])
-        if full.endswith("\ufffd") and not final:  # an unfinished multi-byte character: wait for the rest
-            return ""
-        delta = full[len(prefix):] if full.startswith(prefix) else full
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        return delta
 
 
 class StopMatcher:

@@ -1,0 +1,76 @@
+"""`labkit serve` as a user runs it: a subprocess on loopback that drains on SIGTERM and exits cleanly."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _start(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, "-m", "labkit.cli", "serve", "--port", "0", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        match = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
+        if match:
+            return process, match.group(1)
+    process.kill()
+    raise AssertionError(f"labkit serve did not start: {process.stdout.read()}")
+
+
+def test_sigterm_lets_the_in_flight_stream_finish_then_exits_0(tiny_model_dirs):
+    process, url = _start(["--model", tiny_model_dirs["llama"], "--encoder", "none", "--dtype", "float32"])
+    result = {}
+
+    def stream():
+        body = {"prompt": "tell me everything", "max_tokens": 300, "ignore_eos": True, "stream": True,
+                "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+            result["lines"] = [line for line in r.iter_lines() if line.startswith("data:")]
+
+    try:
+        worker = threading.Thread(target=stream)
+        worker.start()
+        time.sleep(0.3)  # the request is in flight
+        process.send_signal(signal.SIGTERM)
+        worker.join(60)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert "server stopped" in output and "Traceback" not in output
+    assert result["lines"][-1] == "data: [DONE]"
+    assert json.loads(result["lines"][-2][5:])["usage"]["completion_tokens"] == 300
+
+
+def test_api_key_from_the_environment(tiny_model_dirs):
+    process, url = _start(["--model", tiny_model_dirs["gpt2"], "--encoder", "none"], env={"LABKIT_API_KEY": "k1"})
+    try:
+        assert httpx.get(url + "/v1/models").status_code == 401
+        assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k1"}).status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and "Traceback" not in output
+
+
+def test_unknown_model_is_one_line_and_exit_2():
+    result = subprocess.run([sys.executable, "-m", "labkit.cli", "serve", "--model", "no-such-model-here", "--port",
+                             "0"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("labkit: error:")
+    assert "Traceback" not in result.stderr
