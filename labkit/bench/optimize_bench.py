@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import os
 import platform
-import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -30,67 +29,80 @@ class OptimizeWorkload:
     prompt_tokens: int = 256  # prefill is timed on a prompt of this length
     decode_tokens: int = 32  # greedy tokens per row when timing decode
     batch_sizes: tuple[int, ...] = (1, 16)
-    repeats: int = 2  # best of: the fastest run is the least disturbed by other processes
+    repeats: int = 3  # interleaved timing rounds; the fastest is the least disturbed by other jobs
 
 
 def run_optimize_bench(model: str = DEFAULT_LLM, variants: tuple[str, ...] | None = None,
                        workload: OptimizeWorkload = OptimizeWorkload(), log=print) -> dict:
+    """Build every variant, score its accuracy, then time them in interleaved rounds (each round times
+    every variant once; each figure is the best round), so a burst of load from another process slows
+    all variants alike instead of one."""
     base = load_model(model, device="cpu", dtype="float32", progress=False)
-    variants = variants or (CAUSAL_VARIANTS if base.kind == "causal-lm" else ENCODER_VARIANTS)
-    reference = greedy_tokens(base) if base.kind == "causal-lm" else None
+    causal = base.kind == "causal-lm"
+    names = variants or (CAUSAL_VARIANTS if causal else ENCODER_VARIANTS)
+    reference = greedy_tokens(base) if causal else None
+    built: dict[str, LoadedModel] = {}
     systems: dict[str, dict] = {}
-    for name in variants:
-        variant = base if name == "fp32" else optimize(base, name)
-        measure = _measure_causal if base.kind == "causal-lm" else _measure_encoder
+    for name in names:
+        variant = built[name] = base if name == "fp32" else optimize(base, name)
         systems[name] = {"weight_bytes": variant.weight_bytes, "weight_mb": round(variant.weight_mb, 1),
-                         "load_s": round(variant.load_seconds, 2), **measure(variant, base, reference, workload),
+                         "load_s": round(variant.load_seconds, 2), **accuracy(variant, base, reference),
                          "servable_by_engine": unservable_reason(variant) is None}
         if hasattr(variant.model, "providers"):
             systems[name]["onnx_providers"] = variant.model.providers
-        log(f"  {name:<12} " + ", ".join(f"{k}={v}" for k, v in systems[name].items()))
-        del variant
-        gc.collect()
+        log(f"  built {name:<11} " + ", ".join(f"{k}={v}" for k, v in systems[name].items()))
+    timings = {name: {} for name in names}
+    for round_ in range(workload.repeats):
+        for name, variant in built.items():
+            for key, seconds in time_once(variant, workload).items():
+                timings[name][key] = min(seconds, timings[name].get(key, float("inf")))
+        log(f"  timing round {round_ + 1}/{workload.repeats} done")
+    for name in names:
+        systems[name].update(speeds(timings[name], workload))
+        log(f"  {name:<12} " + ", ".join(f"{k}={v}" for k, v in systems[name].items() if "_s" in k or "ms" in k))
+    built.clear()
+    gc.collect()
     return {"machine": machine(), "workload": {"model": model, "kind": base.kind, **asdict(workload)},
             "systems": systems, "ratios": ratios(systems)}
 
 
-def _measure_causal(variant: LoadedModel, base: LoadedModel, reference, workload: OptimizeWorkload) -> dict:
-    result = {"prefill_ms_256": round(1000 * prefill_seconds(variant, workload), 1)}
-    for batch in workload.batch_sizes:
-        result[f"decode_tokens_per_s_b{batch}"] = round(decode_rate(variant, batch, workload), 1)
-    result["perplexity"] = round(perplexity(variant), 3)
-    result["greedy_agreement"] = round(greedy_agreement(reference, greedy_tokens(variant)), 3)
-    return result
-
-
-def _measure_encoder(variant: LoadedModel, base: LoadedModel, reference, workload: OptimizeWorkload) -> dict:
-    sentences = list(SENTENCES) * 2  # a batch of 16
-    variant.embed(sentences)  # warm-up
-    seconds = min(_timed(lambda: variant.embed(sentences)) for _ in range(workload.repeats))
-    return {"prefill_ms_256": round(1000 * prefill_seconds(variant, workload), 1),
-            "embed_sentences_per_s_b16": round(len(sentences) / seconds, 1),
-            "cosine_to_fp32": round(embedding_cosine(base, variant), 5)}
-
-
-def prefill_seconds(variant: LoadedModel, workload: OptimizeWorkload) -> float:
-    ids = variant.tokenizer(reference_text(), return_tensors="pt")["input_ids"][:, : workload.prompt_tokens]
-    mask = torch.ones_like(ids)
+def accuracy(variant: LoadedModel, base: LoadedModel, reference) -> dict:
     if variant.kind == "causal-lm":
-        run = lambda: greedy(variant.model, ids, mask, 1)  # noqa: E731 - one forward over the prompt
-    else:
-        run = lambda: variant.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))  # noqa: E731
-    with torch.inference_mode():
-        run()
-        return statistics.median(_timed(run) for _ in range(workload.repeats + 1))
+        return {"perplexity": round(perplexity(variant), 3),
+                "greedy_agreement": round(greedy_agreement(reference, greedy_tokens(variant)), 3)}
+    return {"cosine_to_fp32": round(embedding_cosine(base, variant), 5)}
 
 
-def decode_rate(variant: LoadedModel, batch: int, workload: OptimizeWorkload) -> float:
-    """Tokens/s of the decode phase alone: (time for N tokens - time for 1 token) covers N-1 decode steps."""
-    ids, mask = encode_batch(variant.tokenizer, [DECODE_PROMPT] * batch)
-    greedy(variant.model, ids, mask, 2)  # warm-up (allocations, lazy kernels)
-    first = min(_timed(lambda: greedy(variant.model, ids, mask, 1)) for _ in range(workload.repeats))
-    total = min(_timed(lambda: greedy(variant.model, ids, mask, workload.decode_tokens)) for _ in range(workload.repeats))
-    return batch * (workload.decode_tokens - 1) / max(total - first, 1e-9)
+def time_once(variant: LoadedModel, workload: OptimizeWorkload) -> dict[str, float]:
+    """Seconds for one prefill of the long prompt and, for causal LMs, one short and one long greedy
+    run per batch size (the difference is pure decode)."""
+    prompt = variant.tokenizer(reference_text(), return_tensors="pt")["input_ids"][:, : workload.prompt_tokens]
+    mask = torch.ones_like(prompt)
+    if variant.kind != "causal-lm":
+        sentences = list(SENTENCES) * 2  # a batch of 16
+        run = lambda: variant.model(input_ids=prompt, attention_mask=mask, token_type_ids=torch.zeros_like(prompt))  # noqa: E731
+        with torch.inference_mode():
+            run()  # warm-up
+            return {"prefill": _timed(run), "embed_b16": _timed(lambda: variant.embed(sentences))}
+    out = {"prefill": _timed(lambda: greedy(variant.model, prompt, mask, 1))}
+    for batch in workload.batch_sizes:
+        ids, mask = encode_batch(variant.tokenizer, [DECODE_PROMPT] * batch)
+        greedy(variant.model, ids, mask, 2)  # warm-up (allocations, lazy kernels)
+        out[f"first_b{batch}"] = _timed(lambda: greedy(variant.model, ids, mask, 1))
+        out[f"total_b{batch}"] = _timed(lambda: greedy(variant.model, ids, mask, workload.decode_tokens))
+    return out
+
+
+def speeds(best: dict[str, float], workload: OptimizeWorkload) -> dict[str, float]:
+    """Decode tokens/s from (N tokens - 1 token) seconds: that difference covers N-1 decode steps."""
+    out = {"prefill_ms_256": round(1000 * best["prefill"], 1)}
+    if "embed_b16" in best:
+        out["embed_sentences_per_s_b16"] = round(16 / best["embed_b16"], 1)
+    for batch in workload.batch_sizes:
+        if f"total_b{batch}" in best:
+            decode = max(best[f"total_b{batch}"] - best[f"first_b{batch}"], 1e-9)
+            out[f"decode_tokens_per_s_b{batch}"] = round(batch * (workload.decode_tokens - 1) / decode, 1)
+    return out
 
 
 def ratios(systems: dict[str, dict]) -> dict[str, float]:
