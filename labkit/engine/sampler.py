@@ -18,6 +18,10 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
         logits = logits.float()  # sampling in float32, like transformers' generate
+        # [server, issue 4] fp32 logits are the runner's inference-mode tensor itself (.float() is a no-op), which
+        # cannot be written in place out here: copy before masking (found by the server's schemathesis fuzzing).
+        if logits.is_inference() and any(request.needs_min_tokens_mask for request in requests):
+            logits = logits.clone()
         for row, request in enumerate(requests):
             if request.needs_min_tokens_mask:
                 logits[row, request.min_tokens_masked_ids] = float("-inf")

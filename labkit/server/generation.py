@@ -148,6 +148,9 @@ class GenerationJob:
             except TimeoutError:  # leaving the engine's stream mid-way aborted the request, KV freed
                 self.finish_reason = "timeout"
                 raise timed_out(self.service.config.request_timeout_s) from None
+            except RuntimeError as err:  # the engine thread died: /health says so; this request gets a 500
+                self.finish_reason = "error"
+                raise APIError(500, f"The engine failed: {err.__cause__ or err}", code="engine_error") from err
             if step.new_token_ids:
                 self.ttft_s = self.ttft_s if self.ttft_s is not None else time.perf_counter() - self.started
                 self.completion_tokens += len(step.new_token_ids)
