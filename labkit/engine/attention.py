@@ -49,6 +49,7 @@ class AttentionBatch:
     page_owner: torch.Tensor | None = None  # [pool pages] which decode row each page belongs to (0 if none)
     owner_index: torch.Tensor | None = None  # page_owner expanded for scatter_reduce
     page_bias: torch.Tensor | None = None  # [pool pages, 1, 1, page_size] 0 where the owner has a token, else -inf
+    page_owner_matrix: torch.Tensor | None = None  # [decodes, pool pages] float32, 1 where the decode owns the page
     prefills: tuple[PrefillChunk, ...] = ()
 
 
@@ -94,10 +95,14 @@ class PagedAttention:
         row_max = scores.new_full((n, self.num_kv_heads, self.groups, 1), float("-inf"))
         row_max.scatter_reduce_(0, batch.owner_index, page_max, "amax")
         probs = scores.sub_(row_max.index_select(0, batch.page_owner)).exp_()
-        denominator = probs.new_zeros(row_max.shape).index_add_(0, batch.page_owner, probs.sum(-1, keepdim=True))
-        page_out = torch.matmul(probs.to(values.dtype), values[:pool]).float()  # [pool, kv_heads, groups, d]
-        out = page_out.new_zeros(n, self.num_kv_heads, self.groups, head_dim).index_add_(0, batch.page_owner, page_out)
-        return out.div_(denominator).to(q.dtype).view(n, self.num_heads, head_dim)
+        # Sum the pages of each request with one matmul by the [requests, pages] ownership matrix
+        # (index_add_ over pages is a slow scatter on CPU).
+        owners = batch.page_owner_matrix
+        denominator = owners @ probs.sum(-1).view(pool, -1)  # [n, kv_heads * groups]
+        page_out = torch.matmul(probs.to(values.dtype), values[:pool])  # [pool, kv_heads, groups, d]
+        out = owners @ page_out.view(pool, -1).float()  # [n, kv_heads * groups * d]
+        out = out.view(n, -1, head_dim).div_(denominator.unsqueeze(-1))
+        return out.to(q.dtype)
 
     def _prefill(self, chunk: PrefillChunk, q, new_keys, new_values, keys, values, scale: float) -> torch.Tensor:
         queries = q[:, chunk.start:chunk.end].unsqueeze(0)  # [1, heads, chunk, d]

@@ -81,7 +81,7 @@ class ModelRunner:
         try:
             out = self.model(input_ids=torch.tensor([token_ids], device=device),
                              position_ids=position_tensor.unsqueeze(0), attention_mask=self.no_mask,
-                             use_cache=False, logits_to_keep=torch.tensor(keep, device=device))
+                             use_cache=False, logits_to_keep=torch.tensor(keep, dtype=torch.long, device=device))
         finally:
             self.attention.batch = None
         return out.logits[0], samplers
@@ -118,3 +118,7 @@ class ModelRunner:
         batch.owner_index = owner_tensor.view(pool, 1, 1, 1).expand(
             pool, self.attention.num_kv_heads, self.attention.groups, 1)
         batch.page_bias = bias.view(pool, 1, 1, page_size)
+        owned = filled_tensor > 0
+        matrix = torch.zeros(len(decodes), pool, device=device)
+        matrix[owner_tensor[owned], torch.arange(pool, device=device)[owned]] = 1.0
+        batch.page_owner_matrix = matrix
