@@ -8,7 +8,11 @@ _os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from .config import ModelConfig, ServerConfig  # noqa: E402
 from .generate import stream_generate  # noqa: E402
 from .models import LoadedModel, ModelNotFoundError, load_model  # noqa: E402
+from .optimize import OPTIMIZERS, optimize as optimize_model  # noqa: E402
+from .optimize.accuracy import perplexity  # noqa: E402
+from .bench.optimize_bench import OptimizeWorkload, run_optimize_bench as bench_optimize  # noqa: E402
 from .server import ServerHandle, serve  # noqa: E402
 
 __all__ = ["LoadedModel", "ModelConfig", "ModelNotFoundError", "ServerConfig", "ServerHandle", "load_model", "serve",
            "stream_generate"]
+__all__ += ["OPTIMIZERS", "OptimizeWorkload", "bench_optimize", "optimize_model", "perplexity"]

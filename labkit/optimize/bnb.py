@@ -5,16 +5,23 @@ memory. It pays off on CUDA, where its kernels are fused; on CPU it saves memory
 than fp32, which the benchmark shows."""
 from __future__ import annotations
 
+import logging
 import time
-import warnings
 
 import torch
 
 from ..models.loaded import LoadedModel
 from .variant import derive
 
-# bitsandbytes warns on every 8-bit matmul on CPU that fp32 inputs are cast to fp16: expected, and noisy.
-warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+
+class _DropCastNotice(logging.Filter):
+    """bitsandbytes logs on every 8-bit matmul on CPU that fp32 inputs are cast to fp16: expected, and noisy."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
+
+
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropCastNotice())
 
 
 def bnb_8bit(loaded: LoadedModel) -> LoadedModel:
