@@ -3,7 +3,8 @@
 The engine steps in one background thread, so the event loop never waits on a forward pass. New requests
 go through an inbox the thread drains between steps (submitting never blocks the loop). `abort` takes the
 engine lock, so it waits for at most the step in flight, and the request's KV pages are free when it
-returns. Leaving an `async for` early (a client that disconnects) aborts the request.
+returns. Closing the stream early (a client that disconnects) aborts the request: wrap it in
+`contextlib.aclosing` to close it at once, else it closes when garbage-collected.
 
     engine = AsyncLLM(load_model("smollm2-135m-instruct"))
     async for out in engine.generate("Hello", SamplingParams(max_tokens=32)):

@@ -1,0 +1,136 @@
+"""`LLM` and `AsyncLLM` on a tiny random Llama: prompt forms, errors, limits, stops, timings, seeds, streams,
+cancellation."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from engine_refs import hf_greedy, load_fp32, varied_prompts
+
+from labkit.engine import LLM, AsyncLLM, SamplingParams
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dirs):
+    return load_fp32(tiny_model_dirs["llama"])
+
+
+@pytest.fixture
+def llm(tiny):
+    model, tokenizer = tiny
+    with LLM(model, tokenizer, kv_cache_tokens=2048, page_size=16) as engine:
+        yield engine
+    assert model.config._attn_implementation == "sdpa"  # closing gives the model its attention back
+
+
+def test_accepts_text_chat_and_token_ids(llm, tiny):
+    model, tokenizer = tiny
+    chat = [{"role": "user", "content": "Hello there"}]
+    chat_ids = tokenizer(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
+                         add_special_tokens=False)["input_ids"]
+    greedy = SamplingParams(temperature=0, max_tokens=5)
+    by_text, by_chat, by_ids = llm.generate(["Hello there", chat, tokenizer("Hello there")["input_ids"]], greedy)
+    assert by_text.token_ids == by_ids.token_ids == hf_greedy(model, tokenizer("Hello there")["input_ids"], 5)
+    assert by_chat.token_ids == hf_greedy(model, chat_ids, 5) and by_chat.prompt_token_ids == chat_ids
+    [single] = llm.generate("Hello there", greedy)  # one prompt alone is a batch of one
+    assert single.token_ids == by_text.token_ids and single.text == tokenizer.decode(single.token_ids,
+                                                                                        skip_special_tokens=True)
+
+
+def test_over_long_prompt_is_refused_before_anything_runs(llm):
+    with pytest.raises(ValueError, match=r"^The prompt has 600 tokens but this engine's context is 512 tokens"):
+        llm.generate([[5] * 10, [5] * 600], SamplingParams(max_tokens=4))
+    assert llm.stats()["num_waiting"] == 0 and llm.stats()["num_running"] == 0 and llm.steps == []
+    with pytest.raises(ValueError, match="empty"):
+        llm.generate([[]])
+    with pytest.raises(ValueError, match="SamplingParams"):
+        llm.generate(["a", "b"], [SamplingParams()] * 3)
+
+
+def test_max_and_min_tokens_are_exact_and_timings_are_filled_in(llm, tiny):
+    prompts = varied_prompts(tiny[1], 6, seed=3)
+    params = [SamplingParams(temperature=0, max_tokens=n, min_tokens=n, ignore_eos=True) for n in (1, 2, 3, 5, 8, 13)]
+    outs = llm.generate(prompts, params)
+    for out, p, prompt in zip(outs, params, prompts):
+        m = out.metrics
+        assert len(out.token_ids) == p.max_tokens == m.num_output_tokens and out.finish_reason == "length"
+        assert m.num_prompt_tokens == len(prompt)
+        assert len(m.inter_token_latencies_s) == p.max_tokens - 1 and all(t > 0 for t in m.inter_token_latencies_s)
+        assert 0 <= m.queue_time_s <= m.ttft_s <= m.e2e_latency_s
+        assert m.e2e_latency_s == pytest.approx(m.ttft_s + sum(m.inter_token_latencies_s), abs=0.05)
+
+
+def test_stop_token_ids_end_the_request_with_reason_stop(llm, tiny):
+    model, tokenizer = tiny
+    prompt = varied_prompts(tokenizer, 1, seed=5)[0]
+    reference = hf_greedy(model, prompt, 12)
+    stop = reference[4]
+    [out] = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[stop]))
+    assert out.token_ids == reference[:reference.index(stop) + 1]
+    assert out.finish_reason == "stop" and out.stop_reason == stop
+    [held] = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[stop],
+                                                   min_tokens=reference.index(stop) + 1))
+    assert stop not in held.token_ids[:reference.index(stop) + 1]  # masked until min_tokens
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(llm, tiny):
+    prompts = varied_prompts(tiny[1], 8, seed=7)
+    seeded = SamplingParams(temperature=0.9, top_p=0.95, top_k=100, seed=1234, max_tokens=12)
+    [alone] = llm.generate([prompts[0]], seeded)
+    mixed = [seeded, SamplingParams(temperature=1.0, max_tokens=9), SamplingParams(temperature=0, max_tokens=5)] * 3
+    batch = llm.generate(prompts[:1] + prompts[1:8], mixed[:8])
+    assert batch[0].token_ids == alone.token_ids
+    [other_seed] = llm.generate([prompts[0]], SamplingParams(temperature=0.9, top_p=0.95, top_k=100, seed=99,
+                                                             max_tokens=12))
+    assert other_seed.token_ids != alone.token_ids
+
+
+def test_model_stays_usable_with_hf_generate_while_attached(llm, tiny):
+    model, tokenizer = tiny
+    prompt = varied_prompts(tokenizer, 1, seed=9)[0]
+    [out] = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=6))
+    assert hf_greedy(model, prompt, 6) == out.token_ids  # SDPA fallback outside engine steps
+
+
+def test_async_engine_streams_tokens_and_abort_frees_pages_at_once(tiny):
+    model, tokenizer = tiny
+    prompts = varied_prompts(tokenizer, 3, seed=11)
+    expected = [hf_greedy(model, p, 10) for p in prompts]
+    engine = AsyncLLM(model, tokenizer, kv_cache_tokens=2048, page_size=16)
+
+    async def collect(prompt):
+        steps = [out async for out in engine.generate(prompt, SamplingParams(temperature=0, max_tokens=10))]
+        return steps
+
+    async def main():
+        streams = await asyncio.gather(*(collect(p) for p in prompts))
+        for steps, want in zip(streams, expected):
+            assert [t for s in steps[:-1] for t in s.new_token_ids] + steps[-1].new_token_ids == want
+            assert steps[-1].finished and steps[-1].token_ids == want and steps[-1].metrics is not None
+            assert all(not s.finished for s in steps[:-1])
+        # Cancel one mid-stream: its pages are free when abort returns.
+        long_run = engine.generate(prompts[0], SamplingParams(temperature=0, max_tokens=400, ignore_eos=True),
+                                   request_id="long")
+        first = await long_run.__anext__()
+        assert first.new_token_ids and engine.kv_usage > 0
+        assert engine.abort("long") and engine.kv_usage == 0 and engine.num_running == 0
+        last = await long_run.__anext__()
+        assert last.finished and last.finish_reason == "abort"
+        # Leaving an `async for` early (a client going away) aborts too, once the generator is closed.
+        async with contextlib.aclosing(engine.generate(prompts[1], SamplingParams(max_tokens=400,
+                                                                                  ignore_eos=True))) as stream:
+            async for _ in stream:
+                break
+        assert engine.num_running == 0 and engine.num_waiting == 0 and engine.kv_usage == 0
+        with pytest.raises(ValueError, match="context"):
+            async for _ in engine.generate([5] * 600):
+                pass
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.stop()
+        engine.engine.close()

@@ -1,0 +1,76 @@
+"""SamplingParams checks and the batched sampler: greedy, top-k, top-p, min_tokens, seeds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labkit.engine import Request, SamplingParams
+from labkit.engine.sampler import Sampler
+
+pytestmark = pytest.mark.unit
+
+
+def req(params: SamplingParams, name: str = "r", eos: int = 2) -> Request:
+    return Request(name, [1], params, eos_token_ids=frozenset({eos}), max_model_len=100)
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1),
+                                 dict(max_tokens=0), dict(min_tokens=5, max_tokens=4)])
+def test_sampling_params_refuse_bad_values(bad):
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
+
+
+def test_sampling_params_normalise_stops():
+    params = SamplingParams(stop="###", stop_token_ids=[5, 6])
+    assert params.stop == ("###",) and params.stop_token_ids == (5, 6)
+    assert SamplingParams(temperature=0).greedy and not SamplingParams().greedy
+
+
+def test_greedy_takes_the_argmax_of_each_row():
+    logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 1.0]])
+    assert Sampler()(logits, [req(SamplingParams(temperature=0))] * 2) == [1, 0]
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 1000)
+    requests = [req(SamplingParams(temperature=1.0, top_k=1)), req(SamplingParams(temperature=2.0, top_p=1e-6)),
+                req(SamplingParams(temperature=0)), req(SamplingParams(temperature=1.0, top_k=1, top_p=0.5))]
+    assert Sampler()(logits.clone(), requests) == logits.argmax(-1).tolist()
+
+
+def test_top_k_keeps_sampling_inside_the_k_best():
+    logits = torch.arange(50, dtype=torch.float32).repeat(200, 1)  # token 49 best, then 48, 47, ...
+    tokens = Sampler(seed=1)(logits, [req(SamplingParams(temperature=5.0, top_k=3))] * 200)
+    assert set(tokens) == {47, 48, 49}
+
+
+def test_top_p_keeps_the_nucleus():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(400, 1)
+    tokens = Sampler(seed=2)(logits, [req(SamplingParams(temperature=1.0, top_p=0.75))] * 400)
+    assert set(tokens) == {0, 1}  # 0.5 + 0.3 reaches 0.75; 2 and 3 are cut
+    assert 0.5 < tokens.count(0) / 400 < 0.75  # renormalised: 0.5 / 0.8 = 0.625
+
+
+def test_min_tokens_masks_eos_and_stop_ids():
+    logits = torch.tensor([[0.0, 0.0, 9.0, 8.0, 1.0]])  # EOS (2) then stop id 3 are the best
+    params = SamplingParams(temperature=0, min_tokens=2, max_tokens=4, stop_token_ids=[3])
+    assert Sampler()(logits.clone(), [req(params)]) == [4]
+    done = req(params)
+    done.output_token_ids = [4, 4]
+    assert Sampler()(logits.clone(), [done]) == [2]
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 500)
+    seeded = SamplingParams(temperature=1.0, seed=42)
+    alone_request = req(seeded)
+    alone = [Sampler(0)(logits[:1].clone(), [alone_request])[0] for _ in range(20)]
+    batched_request = req(seeded)
+    others = [req(SamplingParams(temperature=1.0)), req(SamplingParams(temperature=0.5, seed=7))]
+    batched = [Sampler(99)(logits.clone(), [batched_request, *others])[0] for _ in range(20)]
+    assert alone == batched
+    assert len(set(alone)) > 5  # it really samples
