@@ -163,11 +163,12 @@ def _text(content) -> str:
     return str(content)
 
 
-def start_demo(*, model: str = "smollm2-135m-instruct", url: str | None = None, api_key: str | None = None,
-               host: str = "127.0.0.1", port: int = 7860, device: str = "auto", dtype: str = "auto",
+def start_demo(*, model="smollm2-135m-instruct", url: str | None = None, api_key: str | None = None,
+               host: str = "127.0.0.1", port: int | None = 7860, device: str = "auto", dtype: str = "auto",
                block: bool = False):
-    """Start the demo; returns (gradio Blocks, its URL, the labkit server handle or None). With
-    `block=False` it runs in the background: call `demo.close()` and `handle.stop()` when done."""
+    """Start the demo; returns (gradio Blocks, its URL, the labkit server handle or None). `port=None`
+    takes the first free port from 7860. With `block=False` it runs in the background: call
+    `demo.close()` and `handle.stop()` when done. `model` may also be a `LoadedModel`."""
     handle = None
     if url is None:
         from .server import serve

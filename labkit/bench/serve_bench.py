@@ -151,7 +151,7 @@ def summarise(results: list[Result], wall_s: float, slo: SLO) -> dict:
 
 
 async def detect(client: httpx.AsyncClient, url: str, headers: dict) -> tuple[str, str]:
-    """(model id, server name) from /v1/models, for the report; --name overrides the guess.""""
+    """(model id, server name) from /v1/models, for the report; --name overrides the guess."""
     response = await client.get(f"{url}/v1/models", headers=headers)
     response.raise_for_status()
     cards = response.json()["data"]
