@@ -50,6 +50,9 @@ def onnx_variant(loaded: LoadedModel, *, quantize: bool = False, level: str = "a
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level.upper()}"
                                                    if level != "disable" else "ORT_DISABLE_ALL")
         options.intra_op_num_threads = torch.get_num_threads()
+        # ONNX Runtime's threads spin after each run by default, stealing the cores PyTorch (the engine,
+        # the other variants being timed) needs next: measured 10x slower fp32 prefill right after it.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=choose_providers(loaded.device))
         size = path.stat().st_size
     wrapper = OnnxCausalLM if loaded.kind == "causal-lm" else OnnxEncoder
