@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=cmd_info)
     add_serve_commands(commands)
     add_optimize_commands(commands)
+    from .bench.engine_bench import add_engine_bench_command
+
+    add_engine_bench_command(commands)
     return parser
 
 

@@ -1,0 +1,194 @@
+"""`labkit bench engine`: the same fixed workload through four systems, one after another, in one process.
+
+hf-sequential (HF generate, one request at a time), hf-static (HF generate over left-padded batches of 8),
+hf-continuous (transformers' own continuous batching, cache bounded like ours) and labkit. The machine's
+roofline (matmul FLOP/s in the dtype, memory copy GB/s) is measured in the same run, so labkit's model FLOP
+utilisation and weight-bandwidth utilisation come from numbers taken minutes apart, not from a datasheet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib import metadata
+
+import torch
+
+from ..config import EngineConfig
+from . import baselines, roofline
+from .engine_workload import EngineWorkload
+
+SYSTEMS = ("hf-sequential", "hf-static", "hf-continuous", "labkit")
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "torch": torch.__version__,
+            "transformers": metadata.version("transformers"), "torch_threads": torch.get_num_threads(),
+            "ld_preload": os.environ.get("LD_PRELOAD", ""), "python": platform.python_version()}
+
+
+def summarise(run: baselines.SystemRun, wanted: list[int]) -> dict:
+    tokens = sum(r.output_tokens for r in run.requests)
+    latencies = sorted(r.latency_s for r in run.requests)
+    exact = all(r.output_tokens == n for r, n in zip(run.requests, wanted))
+    return {"output_tokens": tokens, "wall_s": round(run.wall_s, 3),
+            "output_tokens_per_s": round(tokens / run.wall_s, 1),
+            "latency_p50_s": round(statistics.median(latencies), 3),
+            "latency_p99_s": round(_percentile(latencies, 0.99), 3),
+            "ttft_mean_s": round(statistics.fmean(r.ttft_s for r in run.requests), 3),
+            "tokens_as_requested": exact, "notes": run.notes}
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def run_labkit(loaded, prompts, lengths, config: EngineConfig) -> tuple[baselines.SystemRun, dict]:
+    from ..engine import LLM, SamplingParams
+
+    with LLM(loaded.model, loaded.tokenizer, config) as llm:
+        llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
+        params = [SamplingParams(temperature=0, max_tokens=n, min_tokens=n, ignore_eos=True) for n in lengths]
+        started = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        wall = time.perf_counter() - started
+        steps = [s for s in llm.steps if s.started >= started]
+        engine_stats = llm.stats()
+    timings = [baselines.RequestTiming(len(o.token_ids), o.metrics.ttft_s, o.metrics.e2e_latency_s) for o in outs]
+    extra = {"steps": len(steps), "kv_cache_bytes": engine_stats["kv_memory_bytes"],
+             "preemptions": engine_stats["num_preemptions"], "peak_batch": max(len(s.requests) for s in steps)}
+    return baselines.SystemRun(wall, timings, f"EngineConfig{_fields(config)}"), extra
+
+
+def _fields(config: EngineConfig) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in vars(config).items()) + ")"
+
+
+def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed: int = 0, dtype: str = "bfloat16",
+                 systems: tuple[str, ...] = SYSTEMS, config: EngineConfig | None = None, log=print) -> dict:
+    from ..models import load_model
+
+    config = config or EngineConfig()
+    loaded = load_model(model, device="cpu", dtype=dtype, progress=False)
+    workload = EngineWorkload(num_requests=requests, seed=seed)
+    chats, lengths = zip(*workload.requests())
+    tokenizer = loaded.tokenizer
+    prompts = [tokenizer(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                         add_special_tokens=False)["input_ids"] for c in chats]
+    lengths = list(lengths)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    log(f"workload: {requests} chat requests, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
+        f"outputs {sum(lengths)} tokens ({min(lengths)}-{max(lengths)} each), {loaded.name} {dtype}")
+    # Warm HF's generate too, so no system pays for first-call set-up inside its timing.
+    baselines.hf_sequential(loaded.model, prompts[:1], [2], pad)
+    results, extra = {}, {}
+    for name in systems:
+        log(f"running {name} ...")
+        if name == "hf-sequential":
+            run = baselines.hf_sequential(loaded.model, prompts, lengths, pad)
+        elif name == "hf-static":
+            run = baselines.hf_static(loaded.model, prompts, lengths, pad, batch_size=8)
+        elif name == "hf-continuous":
+            run = baselines.hf_continuous(loaded.model, prompts, lengths, kv_cache_tokens=config.kv_cache_tokens,
+                                          max_batch_tokens=config.max_num_batched_tokens,
+                                          max_num_seqs=config.max_num_seqs)
+        elif name == "labkit":
+            run, extra = run_labkit(loaded, prompts, lengths, config)
+        else:
+            raise ValueError(f"Unknown system {name!r}; choose from {', '.join(SYSTEMS)}.")
+        results[name] = summarise(run, lengths)
+        log(f"  {name}: {results[name]['output_tokens_per_s']} tok/s over {results[name]['wall_s']} s")
+    log("measuring the roofline ...")
+    ceiling = roofline.measure(loaded.dtype)
+    report = {"machine": {**machine(), **ceiling}, "model": loaded.summary(),
+              "workload": {**workload.describe(), "prompt_tokens": sum(map(len, prompts)),
+                           "output_tokens": sum(lengths)},
+              "systems": results, "ratios": {}}
+    if "labkit" in results:
+        ours = results["labkit"]
+        report["ratios"] = {f"labkit_vs_{name}": round(ours["output_tokens_per_s"] / r["output_tokens_per_s"], 2)
+                            for name, r in results.items() if name != "labkit"}
+        ours.update(extra)
+        ours.update(_utilisation(loaded, ours, extra, sum(map(len, prompts)), ceiling))
+    report["all_tokens_as_requested"] = all(r["tokens_as_requested"] for r in results.values())
+    return report
+
+
+def _utilisation(loaded, ours: dict, extra: dict, prompt_tokens: int, ceiling: dict) -> dict:
+    """Model FLOPs (2 per parameter per token: prompt tokens skip the LM head) over the wall time, against the
+    matmul peak; and weight bytes read (once per step) per second, against memory copy bandwidth."""
+    head = loaded.model.get_output_embeddings()
+    head_params = head.weight.numel() if head is not None else 0
+    flops = 2 * loaded.num_parameters * ours["output_tokens"] + 2 * (loaded.num_parameters - head_params) * prompt_tokens
+    achieved = flops / ours["wall_s"] / 1e9
+    weight_gbps = loaded.weight_bytes * extra["steps"] / ours["wall_s"] / 1e9
+    return {"achieved_gflops": round(achieved, 1), "mfu": round(achieved / ceiling["matmul_gflops"], 4),
+            "weight_read_gbps": round(weight_gbps, 1),
+            "weight_bandwidth_utilisation": round(weight_gbps / ceiling["memory_copy_gbps"], 4)}
+
+
+def format_report(report: dict) -> str:
+    rows = [f"{'system':<15}{'tok/s':>9}{'wall s':>9}{'p50 s':>8}{'p99 s':>8}{'TTFT s':>8}  tokens"]
+    for name, r in report["systems"].items():
+        rows.append(f"{name:<15}{r['output_tokens_per_s']:>9.1f}{r['wall_s']:>9.2f}{r['latency_p50_s']:>8.2f}"
+                    f"{r['latency_p99_s']:>8.2f}{r['ttft_mean_s']:>8.2f}  {r['output_tokens']}"
+                    f"{'' if r['tokens_as_requested'] else '  (NOT as requested)'}")
+    m = report["machine"]
+    rows.append(f"roofline: matmul {m['matmul_gflops']} GFLOP/s ({m['matmul_dtype']}), memory copy "
+                f"{m['memory_copy_gbps']} GB/s, {m['threads']} threads; {m['cpu']}")
+    if "labkit" in report["systems"]:
+        ours = report["systems"]["labkit"]
+        rows.append("labkit: " + ", ".join(f"{k.removeprefix('labkit_vs_')} x{v}" for k, v in report["ratios"].items())
+                    + f"; {ours['achieved_gflops']} GFLOP/s = MFU {ours['mfu']:.1%}; weights read at "
+                    f"{ours['weight_read_gbps']} GB/s = {ours['weight_bandwidth_utilisation']:.1%} of copy bandwidth")
+    return "\n".join(rows)
+
+
+def cmd_bench_engine(args: argparse.Namespace) -> None:
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+    systems = tuple(args.systems.split(",")) if args.systems else SYSTEMS
+    report = bench_engine(args.model, args.requests, args.seed, args.dtype, systems, config,
+                          log=lambda line: print(line, file=sys.stderr))
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+    if not report["all_tokens_as_requested"]:
+        raise SystemExit("labkit bench engine: a system did not produce the requested number of tokens")
+
+
+def add_engine_bench_command(commands) -> None:
+    """`labkit bench engine`, added to the `bench` group whoever created it first."""
+    bench = commands.choices.get("bench")
+    if bench is None:
+        bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks; see each subcommand.")
+        bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    bench_commands = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
+    engine = bench_commands.add_parser(
+        "engine", help="labkit's engine against HF generate (sequential, static batches) and HF continuous batching",
+        description="Run one fixed workload (N chat requests, outputs of 16-128 tokens, greedy) through "
+                    "hf-sequential, hf-static, hf-continuous and labkit in this process; print tokens/s, latency, "
+                    "TTFT, the ratios, and the machine's roofline with labkit's share of it.")
+    engine.add_argument("--model", default="smollm2-135m-instruct", help="alias, HF id or local directory")
+    engine.add_argument("--requests", type=int, default=32, help="number of requests (default 32)")
+    engine.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
+    engine.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights dtype")
+    engine.add_argument("--systems", default=None, help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    engine.add_argument("--max-num-seqs", type=int, default=32, help="labkit: most running requests")
+    engine.add_argument("--max-num-batched-tokens", type=int, default=512, help="labkit: per-step token budget")
+    engine.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here")
+    engine.set_defaults(run=cmd_bench_engine)
