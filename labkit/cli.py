@@ -141,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_bench_serve(args: argparse.Namespace) -> None:
     import json
 
-    from .bench.serve_bench import SLO, Workload, bench_serve, format_report
+    from .bench.serve_bench import SLO, Workload, bench_serve, format_report, merge_reports
 
     workload = Workload(requests=args.requests, concurrency=args.concurrency, min_tokens=args.min_tokens,
                         max_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature)
@@ -150,6 +150,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
                          warmup=args.warmup)
     print(format_report(report))
     if args.json:
+        import os
+
+        if os.path.exists(args.json):  # same workload, another server: one file compares them
+            with open(args.json) as existing:
+                report = merge_reports(json.load(existing), report)
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)
         print(f"labkit: wrote {args.json}", file=sys.stderr)
@@ -214,7 +219,8 @@ def add_serve_commands(commands) -> None:
     load.add_argument("--slo-ttft-ms", type=float, default=None, help="goodput SLO on time to first token")
     load.add_argument("--slo-itl-ms", type=float, default=None, help="goodput SLO on mean inter-token latency")
     load.add_argument("--slo-e2e-ms", type=float, default=None, help="goodput SLO on end-to-end latency")
-    load.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here")
+    load.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here (an existing "
+                                                                   "file of the same workload gains this system)")
     load.set_defaults(run=cmd_bench_serve)
 
     demo = commands.add_parser("demo", help="the Gradio chat front-end",

@@ -208,6 +208,23 @@ def bench_serve(url: str, workload: Workload, *, model: str | None = None, api_k
             "systems": {name or server: summary}, "ratios": {}}
 
 
+def merge_reports(existing: dict, new: dict) -> dict:
+    """Add `new`'s system to a report of the same workload, so one JSON compares servers; `ratios` then
+    hold labkit's output tokens/s and p99 TTFT relative to each other system."""
+    same = lambda w: {k: v for k, v in w.items() if k not in ("url", "model")}  # noqa: E731
+    if same(existing["workload"]) != same(new["workload"]):
+        raise ValueError("the existing JSON holds a different workload; write to another file")
+    merged = {**existing, "machine": new["machine"], "systems": {**existing["systems"], **new["systems"]}}
+    ratios = {}
+    base = merged["systems"].get("labkit")
+    for name, other in merged["systems"].items():
+        if base is not None and name != "labkit" and other["output_tokens_per_s"] and other["ttft_p99_s"]:
+            ratios[f"labkit_vs_{name}_output_tokens_per_s"] = base["output_tokens_per_s"] / other["output_tokens_per_s"]
+            ratios[f"labkit_vs_{name}_ttft_p99"] = base["ttft_p99_s"] / other["ttft_p99_s"]
+    merged["ratios"] = ratios
+    return merged
+
+
 def format_report(report: dict) -> str:
     lines = []
     for name, s in report["systems"].items():

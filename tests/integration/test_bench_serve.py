@@ -51,3 +51,4 @@ def test_cli_writes_the_json(server, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "output tok/s" in result.stdout and "goodput" in result.stdout
     assert json.loads(out.read_text())["systems"]["labkit"]["completed"] == 4
+
