@@ -16,3 +16,8 @@ from .server import ServerHandle, serve  # noqa: E402
 __all__ = ["LoadedModel", "ModelConfig", "ModelNotFoundError", "ServerConfig", "ServerHandle", "load_model", "serve",
            "stream_generate"]
 __all__ += ["OPTIMIZERS", "OptimizeWorkload", "bench_optimize", "optimize_model", "perplexity"]
+from .config import EngineConfig  # noqa: E402
+from .engine import LLM, AsyncLLM, RequestOutput, SamplingParams  # noqa: E402
+from .bench.engine_bench import bench_engine  # noqa: E402
+
+__all__ += ["AsyncLLM", "EngineConfig", "LLM", "RequestOutput", "SamplingParams", "bench_engine"]
