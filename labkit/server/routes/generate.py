@@ -18,8 +18,9 @@ from ..streaming import DONE, ChunkFormat, SSEResponse, full_response
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_api_key)])
 _ERRORS = {s: ERROR_RESPONSES[s] for s in (400, 401, 404, 413, 422, 429, 503, 504)}
-_STREAM_DOC = {"text/event-stream": {"schema": {"type": "string", "description": "with stream: true, chunks as "
-                                                "Server-Sent Events, ending with `data: [DONE]`"}}}
+# OpenAPI 3.1 cannot type an event stream: the schema only describes it (chunks shaped like the JSON answer).
+_STREAM_DOC = {"text/event-stream": {"schema": {"description": "with stream: true, chunks as Server-Sent Events "
+                                                "(`data: {json}`), ending with `data: [DONE]`"}}}
 
 
 @router.post("/v1/completions", response_model=Completion, summary="Continue a prompt",
