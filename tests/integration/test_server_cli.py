@@ -37,24 +37,27 @@ def test_sigterm_lets_the_in_flight_stream_finish_then_exits_0(tiny_model_dirs):
     result = {}
 
     def stream():
-        body = {"prompt": "tell me everything", "max_tokens": 300, "ignore_eos": True, "stream": True,
+        body = {"prompt": "tell me everything", "max_tokens": 480, "ignore_eos": True, "stream": True,
                 "stream_options": {"include_usage": True}}
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
             result["lines"] = [line for line in r.iter_lines() if line.startswith("data:")]
+        result["ended"] = time.monotonic()
 
     try:
         worker = threading.Thread(target=stream)
         worker.start()
         time.sleep(0.3)  # the request is in flight
         process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
         worker.join(60)
         output, _ = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == 0, output
     assert "server stopped" in output and "Traceback" not in output
+    assert result["ended"] > signalled  # it was still streaming when the signal came
     assert result["lines"][-1] == "data: [DONE]"
-    assert json.loads(result["lines"][-2][5:])["usage"]["completion_tokens"] == 300
+    assert json.loads(result["lines"][-2][5:])["usage"]["completion_tokens"] == 480
 
 
 def test_api_key_from_the_environment(tiny_model_dirs):
