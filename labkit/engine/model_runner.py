@@ -12,6 +12,7 @@ from ..config import EngineConfig
 from . import attention
 from .attention import AttentionBatch, PagedAttention, PrefillChunk
 from .kv_cache import KVShape, PagedKVCache
+from .packed_linear import check_identical, prepack_linears, unpack_linears
 from .scheduler import ScheduledRequest
 
 
@@ -34,12 +35,18 @@ class ModelRunner:
         # A 4-D mask makes transformers skip building its own masks (ours are in the batch); it is never read.
         self.no_mask = torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=self.device)
         self.page_slots = torch.arange(self.page_size, device=self.device)
+        self.packed_linears = prepack_linears(model, config.max_num_seqs) if config.prepack_weights else []
+        if self.packed_linears and not check_identical(self.packed_linears[0]):
+            unpack_linears(self.packed_linears)  # this oneDNN build rounds differently: keep the plain layers
+            self.packed_linears = []
 
     def close(self) -> None:
         """Detach from the model: it goes back to its own attention implementation."""
         for module in self.attention_modules:
             module.__dict__.pop("_labkit_attention", None)
         self.model.set_attn_implementation(self.previous_attn_implementation)
+        unpack_linears(self.packed_linears)
+        self.packed_linears = []
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest]) -> tuple[torch.Tensor, list[ScheduledRequest]]:
