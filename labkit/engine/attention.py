@@ -87,10 +87,11 @@ class PagedAttention:
         pool = batch.num_pool_pages
         head_dim = q.shape[-1]
         # [heads, n, d] -> [n, kv_heads, groups, d]: the queries sharing a kv head sit together (GQA).
-        q = q.reshape(self.num_kv_heads, self.groups, n, head_dim).permute(2, 0, 1, 3)
+        # Scaling the few queries costs less than scaling the many scores.
+        q = (q * scale).reshape(self.num_kv_heads, self.groups, n, head_dim).permute(2, 0, 1, 3)
         page_q = q.index_select(0, batch.page_owner)  # [pool, kv_heads, groups, d]
-        scores = torch.matmul(page_q, keys[:pool].transpose(-1, -2)).float()  # [pool, kv_heads, groups, page]
-        scores.mul_(scale).add_(batch.page_bias)
+        scores = torch.matmul(page_q, keys[:pool].transpose(-1, -2))  # [pool, kv_heads, groups, page]
+        scores = torch.add(scores, batch.page_bias)  # masks, and promotes to float32 in the same pass
         page_max = scores.amax(-1, keepdim=True)
         row_max = scores.new_full((n, self.num_kv_heads, self.groups, 1), float("-inf"))
         row_max.scatter_reduce_(0, batch.owner_index, page_max, "amax")
