@@ -158,6 +158,7 @@ class GenerationJob:
                 self._engine_done = True
                 self.finish_reason = step.finish_reason
                 if self._cancel_reason is not None:
+                    self.service.metrics.success.inc(finished_reason="abort")
                     raise APIError(503, self._cancel_reason, code="cancelled")
                 self._record(step.timings)
                 # The engine's final text is authoritative (cut before a stop string).
