@@ -53,15 +53,18 @@ class ServerHandle:
 
 
 def serve(model: str | LoadedModel | None = "smollm2-135m-instruct", *, encoder: str | LoadedModel | None = None,
-          port: int = 0, host: str = "127.0.0.1", config: ServerConfig | None = None,
+          port: int = 0, host: str | None = None, config: ServerConfig | None = None,
           device: str = "auto", dtype: str = "auto", startup_timeout: float = 120.0,
           **engine_options) -> ServerHandle:
     """Start the OpenAI-compatible server in the background and return once it accepts connections.
 
     `model` is the causal LM (alias, hub id, path or a `LoadedModel`; None for an embeddings-only server),
-    `encoder` an optional encoder for /v1/embeddings. `port=0` picks a free port (see `handle.url`).
-    `engine_options` go to the engine (for example `max_num_seqs`)."""
-    config = replace(config or ServerConfig(), host=host, port=port)
+    `encoder` an optional encoder for /v1/embeddings. `port=0` (the default) picks a free port, see
+    `handle.url`; `port` always wins over `config.port`, `host` over `config.host` only when given
+    (the default is 127.0.0.1). `engine_options` go to the engine (for example `max_num_seqs`)."""
+    config = config or ServerConfig()
+    config = replace(config, host=config.host if host is None else host, port=port)
+    host = config.host
     models = [m if isinstance(m, LoadedModel) else load_model(m, device=device, dtype=dtype, progress=False)
               for m in (model, encoder) if m is not None]
     server = LabkitServer(create_app(models, config, engine_options=engine_options), config)

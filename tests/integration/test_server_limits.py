@@ -138,3 +138,17 @@ def test_client_disconnect_cancels_the_request_and_frees_its_kv_pages(default_ll
         metrics = httpx.get(server.url + "/metrics").text
         assert 'labkit:request_success_total{finished_reason="abort"} 2' in metrics
         assert "labkit:kv_cache_usage_perc 0" in metrics
+
+
+def test_a_busy_port_is_one_clear_error(tiny_llm, tiny_model_dirs):
+    with labkit.serve(tiny_llm) as first:
+        other = labkit.load_model(tiny_model_dirs["gpt2"], device="cpu", dtype="float32", progress=False)
+        with pytest.raises(OSError, match="could not start"):
+            labkit.serve(other, port=first.port, startup_timeout=30)
+        assert httpx.get(first.url + "/health").status_code == 200
+
+
+def test_host_comes_from_the_config_unless_given(tiny_llm):
+    with labkit.serve(tiny_llm, config=ServerConfig(host="127.0.0.2")) as server:
+        assert server.url.startswith("http://127.0.0.2:")
+        assert httpx.get(server.url + "/ready").status_code == 200
