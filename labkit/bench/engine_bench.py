@@ -71,7 +71,8 @@ def run_labkit(loaded, prompts, lengths, config: EngineConfig) -> tuple[baseline
         engine_stats = llm.stats()
     timings = [baselines.RequestTiming(len(o.token_ids), o.metrics.ttft_s, o.metrics.e2e_latency_s) for o in outs]
     extra = {"steps": len(steps), "kv_cache_bytes": engine_stats["kv_memory_bytes"],
-             "preemptions": engine_stats["num_preemptions"], "peak_batch": max(len(s.requests) for s in steps)}
+             "kv_peak_usage": round(engine_stats["kv_peak_usage"], 3), "preemptions": engine_stats["num_preemptions"],
+             "peak_batch": max(len(s.requests) for s in steps)}
     return baselines.SystemRun(wall, timings, f"EngineConfig{_fields(config)}"), extra
 
 

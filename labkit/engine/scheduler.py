@@ -52,6 +52,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # oldest first; the newest is the first to be preempted
         self.num_preemptions = 0
+        self.peak_pages_used = 0  # the most KV pages held at once, for "how much of the cache did we need"
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
@@ -73,6 +74,7 @@ class Scheduler:
             else:  # the request preempted itself: nothing newer is left running
                 break
         if out.preempted:  # memory is short: admitting more now would only preempt again
+            self.peak_pages_used = self.cache.num_pages  # it was full: that is why someone was preempted
             return out
         now = time.perf_counter()
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
@@ -87,6 +89,7 @@ class Scheduler:
             self.running.append(request)
             out.scheduled.append(ScheduledRequest(request, num_tokens))
             budget -= num_tokens
+        self.peak_pages_used = max(self.peak_pages_used, self.cache.num_used_pages)
         return out
 
     def _make_room(self, request: Request, num_tokens: int, out: SchedulerOutput) -> bool:
@@ -144,4 +147,5 @@ class Scheduler:
 
     def stats(self) -> dict:
         return {"num_running": len(self.running), "num_waiting": len(self.waiting),
-                "num_preemptions": self.num_preemptions, **self.cache.stats()}
+                "num_preemptions": self.num_preemptions,
+                "kv_peak_usage": self.peak_pages_used / self.cache.num_pages, **self.cache.stats()}

@@ -91,7 +91,7 @@ def test_abort_frees_pages_at_once():
     scheduler.add(request("a", 6))
     scheduler.add(request("b", 3))
     run_step(scheduler)
-    assert scheduler.cache.num_used_pages == 3
+    assert scheduler.cache.num_used_pages == 3 and scheduler.stats()["kv_peak_usage"] == 3 / 8
     aborted = scheduler.abort("a")
     assert aborted.status is RequestStatus.FINISHED_ABORTED and aborted.status.finish_reason == "abort"
     assert scheduler.cache.num_used_pages == 1 and [r.request_id for r in scheduler.running] == ["b"]
