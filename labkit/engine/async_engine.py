@@ -66,6 +66,8 @@ class AsyncLLM:
         self.engine.validate_prompt(ids)
         self.start()
         request_id = request_id or f"async-{next(self._ids)}"
+        if request_id in self._streams:
+            raise ValueError(f"A request with id {request_id!r} is already running; ids must be unique.")
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self._streams[request_id] = (queue, loop)
