@@ -152,3 +152,19 @@ def test_host_comes_from_the_config_unless_given(tiny_llm):
     with labkit.serve(tiny_llm, config=ServerConfig(host="127.0.0.2")) as server:
         assert server.url.startswith("http://127.0.0.2:")
         assert httpx.get(server.url + "/ready").status_code == 200
+
+
+def test_stop_cancels_what_outlives_the_grace_period(default_llm_fp32):
+    """A request still running when the grace period ends gets an error event and [DONE], not a cut stream."""
+    server = labkit.serve(default_llm_fp32, config=ServerConfig(shutdown_grace_s=0.3))
+    with httpx.stream("POST", server.url + "/v1/completions", json={**LONG, "stream": True}, timeout=60) as r:
+        lines = r.iter_lines()
+        _first_event(lines)
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        rest = [line for line in lines if line.startswith("data:")]
+    stopper.join(30)
+    assert rest[-1] == "data: [DONE]"
+    assert json.loads(rest[-2][5:])["error"]["code"] == "cancelled"
+    assert not server.running
+    assert _kv_pages_used(server) == 0
