@@ -61,3 +61,12 @@ class ServerConfig:
     embed_max_batch_size: int = 32  # dynamic batcher for /v1/embeddings: most texts per encoder call
     embed_max_queue_delay_ms: float = 5.0  # how long the first text waits for others to join its batch
     access_log: str | None = None  # path of a JSON-lines access log ("-" for stdout); None turns it off
+
+    def __post_init__(self) -> None:
+        checks = {"max_waiting": self.max_waiting >= 0, "max_body_bytes": self.max_body_bytes >= 1,
+                  "request_timeout_s": self.request_timeout_s > 0, "shutdown_grace_s": self.shutdown_grace_s >= 0,
+                  "retry_after_s": self.retry_after_s >= 0, "embed_max_batch_size": self.embed_max_batch_size >= 1,
+                  "embed_max_queue_delay_ms": self.embed_max_queue_delay_ms >= 0, "port": 0 <= self.port < 65536}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"ServerConfig: out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
