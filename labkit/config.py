@@ -41,6 +41,15 @@ class EngineConfig:
     seed: int = 0  # seeds sampling for requests that bring no seed of their own
     prepack_weights: bool = True  # bfloat16 on CPU: linear weights reordered once for oneDNN (same results, +1x weights)
 
+    def __post_init__(self) -> None:
+        if min(self.max_num_seqs, self.max_num_batched_tokens, self.page_size) < 1:
+            raise ValueError("EngineConfig: max_num_seqs, max_num_batched_tokens and page_size must be at least 1.")
+        if self.kv_cache_tokens < self.page_size:
+            raise ValueError(f"EngineConfig: kv_cache_tokens ({self.kv_cache_tokens}) must hold at least one page "
+                             f"of {self.page_size} tokens.")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError("EngineConfig: max_model_len must leave room for a prompt token and an output token.")
+
 
 @dataclass(frozen=True)
 class ServerConfig:

@@ -96,6 +96,8 @@ class LLMEngine:
         started = time.perf_counter()
         plan = self.scheduler.schedule()
         if not plan:
+            if self.scheduler.has_unfinished():  # cannot happen while max_model_len fits the cache; never spin
+                raise RuntimeError(f"The scheduler could not run any of {self.num_waiting} waiting requests.")
             return []
         logits, samplers = self.runner.execute(plan.scheduled)
         tokens = self.sampler(logits, [item.request for item in samplers])

@@ -125,3 +125,10 @@ def test_request_ends_on_eos_stop_ids_and_max_tokens():
     assert not ignored.status.is_finished
     full = Request("f", [5] * 98, SamplingParams(temperature=0, max_tokens=50), max_model_len=100)
     assert full.max_output_tokens == 2  # the context, not max_tokens, is the limit
+
+
+@pytest.mark.parametrize("bad", [dict(max_num_seqs=0), dict(max_num_batched_tokens=0), dict(page_size=0),
+                                 dict(kv_cache_tokens=32, page_size=64), dict(max_model_len=1)])
+def test_engine_config_refuses_values_that_could_never_run(bad):
+    with pytest.raises(ValueError, match="EngineConfig"):
+        EngineConfig(**bad)
