@@ -4,6 +4,7 @@ out (504) and always ended: finished, errored or cancelled, with their KV memory
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from ..config import ServerConfig
@@ -29,6 +30,7 @@ class LLMService:
         self.max_model_len = self.engine.max_model_len
         self.admission = Admission(self.engine.max_num_seqs, config.max_waiting, config.retry_after_s)
         self.jobs: set[GenerationJob] = set()
+        self.engine_ids = itertools.count()  # suffixes that keep engine request ids unique
 
     # ---- prompts ----
     def prompt_ids(self, prompt: str | list[int]) -> list[int]:
@@ -111,6 +113,8 @@ class GenerationJob:
                  stops: list[str]):
         self.service = service
         self.id = request_id
+        # The engine's id is unique even when a client reuses its X-Request-Id for concurrent requests.
+        self.engine_id = f"{request_id}#{next(service.engine_ids)}"
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
@@ -124,7 +128,7 @@ class GenerationJob:
         self._cancel_reason: str | None = None
         self._closed = False
         self._engine_done = False
-        self._outputs = service.engine.submit(request_id, prompt_ids, max_tokens=max_tokens,
+        self._outputs = service.engine.submit(self.engine_id, prompt_ids, max_tokens=max_tokens,
                                               temperature=body.temperature, top_p=body.top_p,
                                               top_k=body.top_k or 0, seed=body.seed, stop=tuple(stops),
                                               ignore_eos=body.ignore_eos, min_tokens=min(body.min_tokens, max_tokens))
@@ -179,7 +183,7 @@ class GenerationJob:
         """Stop the request from outside (shutdown): the engine frees its KV pages at once."""
         if not self._engine_done:
             self._cancel_reason = reason
-            self.service.engine.abort(self.id)
+            self.service.engine.abort(self.engine_id)
 
     async def close(self) -> None:
         if self._closed:
@@ -188,7 +192,7 @@ class GenerationJob:
         try:
             await self._outputs.aclose()  # a stream left early aborts its request: KV pages freed
         except RuntimeError:  # still being iterated by a task that is being cancelled
-            await asyncio.to_thread(self.service.engine.abort, self.id)
+            await asyncio.to_thread(self.service.engine.abort, self.engine_id)
         if not self._engine_done:
             self.finish_reason = self.finish_reason or "abort"
             self.service.metrics.success.inc(finished_reason=self.finish_reason)

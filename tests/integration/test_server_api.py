@@ -237,3 +237,15 @@ def test_access_log_has_one_json_line_per_request(server, client):
     assert mine["finish_reason"] == "length" and mine["latency_ms"] > 0 and mine["ttft_ms"] is not None
     assert mine["@timestamp"].endswith("Z") and mine["path"] == "/v1/completions"
     assert any(rec["status"] == 422 for rec in lines)
+
+
+def test_a_client_reusing_its_request_id_concurrently_is_served_twice(server):
+    async def both():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            body = {"prompt": "same id", "max_tokens": 20, "ignore_eos": True}
+            return await asyncio.gather(*(c.post("/v1/completions", json=body, headers={"X-Request-Id": "dup"})
+                                          for _ in range(2)))
+
+    responses = asyncio.run(both())
+    assert [r.status_code for r in responses] == [200, 200]
+    assert all(r.headers["x-request-id"] == "dup" for r in responses)
