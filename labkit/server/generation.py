@@ -152,6 +152,9 @@ class GenerationJob:
             except TimeoutError:  # leaving the engine's stream mid-way aborted the request, KV freed
                 self.finish_reason = "timeout"
                 raise timed_out(self.service.config.request_timeout_s) from None
+            except ValueError as err:  # the engine refused the prompt (a check the server did not make)
+                self.finish_reason = "error"
+                raise bad_request(str(err), param="prompt") from err
             except RuntimeError as err:  # the engine thread died: /health says so; this request gets a 500
                 self.finish_reason = "error"
                 raise APIError(500, f"The engine failed: {err.__cause__ or err}", code="engine_error") from err
