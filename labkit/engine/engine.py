@@ -38,6 +38,9 @@ class LLMEngine:
     """Continuous batching over one Hugging Face decoder: requests join and leave between steps."""
 
     def __init__(self, model, tokenizer, config: EngineConfig | None = None, max_logged_steps: int = 100_000):
+        reason = getattr(model, "unservable_reason", None)  # e.g. an ONNX Runtime session: no torch forward
+        if reason:
+            raise TypeError(reason)
         self.config = config or EngineConfig()
         self.model = model
         self.tokenizer = tokenizer

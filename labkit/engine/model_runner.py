@@ -6,6 +6,8 @@ and returns logits only for the tokens that will be sampled. It owns the KV cach
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..config import EngineConfig
@@ -20,6 +22,18 @@ class ModelRunner:
     def __init__(self, model, config: EngineConfig):
         self.model = model
         self.device = next(model.parameters()).device
+        self.taken_over = False
+        # One engine drives a model object at a time: the attention hooks and packed weights live on the model.
+        # A second engine takes it over (a notebook re-running `LLM(model)`, or serving a model a cell already
+        # uses); the first then refuses to step rather than write into the newcomer's KV cache.
+        owner = getattr(model, "_labkit_runner", None)
+        owner = owner() if owner is not None else None
+        if owner is not None and not owner.closed:
+            owner.detach_for_takeover()
+            original_attn_implementation = owner.previous_attn_implementation
+        else:
+            original_attn_implementation = model.config._attn_implementation
+        self.closed = False
         attention.register()
         probe_ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
         shape, num_heads, self.attention_modules = attention.probe_kv_shape(model, probe_ids)
@@ -30,8 +44,9 @@ class ModelRunner:
         for layer, module in enumerate(self.attention_modules):
             self.attention.layer_of[id(module)] = layer
             module._labkit_attention = self.attention
-        self.previous_attn_implementation = model.config._attn_implementation
+        self.previous_attn_implementation = original_attn_implementation
         model.set_attn_implementation(attention.ATTENTION_NAME)
+        model._labkit_runner = weakref.ref(self)
         # A 4-D mask makes transformers skip building its own masks (ours are in the batch); it is never read.
         self.no_mask = torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=self.device)
         self.page_slots = torch.arange(self.page_size, device=self.device)
@@ -40,8 +55,18 @@ class ModelRunner:
             unpack_linears(self.packed_linears)  # this oneDNN build rounds differently: keep the plain layers
             self.packed_linears = []
 
+    def detach_for_takeover(self) -> None:
+        """Another engine took the model: undo only what is ours (packed weights), and refuse to step."""
+        unpack_linears(self.packed_linears)
+        self.packed_linears = []
+        self.taken_over = self.closed = True
+
     def close(self) -> None:
         """Detach from the model: it goes back to its own attention implementation."""
+        if self.closed:
+            return
+        self.closed = True
+        self.model.__dict__.pop("_labkit_runner", None)
         for module in self.attention_modules:
             module.__dict__.pop("_labkit_attention", None)
         self.model.set_attn_implementation(self.previous_attn_implementation)
@@ -51,6 +76,9 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest]) -> tuple[torch.Tensor, list[ScheduledRequest]]:
         """Run the step. Returns logits [samplers, vocab] and the scheduled requests they belong to."""
+        if self.taken_over:
+            raise RuntimeError("Another engine now drives this model object, so this one stopped; use one engine "
+                               "per loaded model (close the old one), or load the model again for a second engine.")
         decodes = [s for s in scheduled if s.num_tokens == 1]
         prefills = [s for s in scheduled if s.num_tokens > 1]
         ordered = decodes + prefills  # the attention expects decodes first

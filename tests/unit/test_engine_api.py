@@ -152,3 +152,23 @@ def test_bf16_prepacked_weights_change_nothing_but_speed(tiny_model_dirs):
         assert packed.engine.runner.packed_linears, "bf16 linear layers should be prepacked on this CPU"
         assert [o.token_ids for o in packed.generate(prompts, params)] == expected
     assert all("forward" not in layer.__dict__ for layer in model.modules())  # detached on close
+
+
+def test_a_second_engine_on_the_same_model_takes_it_over_and_the_first_refuses_to_step(tiny):
+    model, tokenizer = tiny
+    greedy = SamplingParams(temperature=0, max_tokens=4)
+    ids = tokenizer("Hello there")["input_ids"]
+    first = LLM(model, tokenizer, kv_cache_tokens=1024, page_size=16)
+    second = LLM(model, tokenizer, kv_cache_tokens=1024, page_size=16)  # e.g. a notebook cell run again
+    try:
+        with pytest.raises(RuntimeError, match="Another engine now drives this model"):
+            first.generate([ids], greedy)
+        [out] = second.generate([ids], greedy)  # the newcomer's cache was never written by the first
+        assert out.token_ids == hf_greedy(model, ids, 4)
+        assert second.engine.runner.cache.usage == 0
+        first.close()  # closing the displaced engine leaves the newcomer attached
+        assert model.config._attn_implementation != "sdpa"
+        assert second.generate([ids], greedy)[0].token_ids == out.token_ids
+    finally:
+        second.close()
+    assert model.config._attn_implementation == "sdpa"
