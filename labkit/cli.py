@@ -132,8 +132,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           request_timeout_s=args.timeout, max_body_bytes=args.max_body_bytes,
                           access_log=args.access_log, embed_max_batch_size=args.embed_max_batch_size,
                           embed_max_queue_delay_ms=args.embed_max_queue_delay_ms)
+    if args.optimize is not None:  # refuse before a long load and conversion, not after
+        from .optimize import OPTIMIZERS, OUTSIDE_ENGINE
+
+        servable = [name for name in OPTIMIZERS if name not in OUTSIDE_ENGINE]
+        if args.optimize not in servable:
+            raise ValueError(f"--optimize {args.optimize} cannot be served by the engine; choose one of: "
+                             f"{', '.join(servable)}.")
     names = [n for n in (args.model, args.encoder) if n and n.lower() != "none"]
-    models = [load_model(n, device=args.device, dtype=args.dtype, progress=False) for n in names]
+    models = [load_model(n, device=args.device, dtype=args.dtype, progress=False,
+                         optimize=args.optimize if n == args.model else None) for n in names]
+    from .optimize import variant_of
+
+    for loaded in models:
+        print(f"labkit: loaded {loaded.name} ({loaded.kind}, {variant_of(loaded)}, {loaded.weight_mb:.0f} MB of weights) "
+              f"on {loaded.device}", file=sys.stderr, flush=True)
     engine_options = {"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else {}
     run_server(models, config, engine_options=engine_options)
 
@@ -180,6 +193,9 @@ def add_serve_commands(commands) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: "
                                                        "$LABKIT_API_KEY, else no key)")
+    serve.add_argument("--optimize", metavar="VARIANT", default=None,
+                       help="serve an optimized variant of the LLM, e.g. bf16, torch-int8, bnb-4bit (see `labkit "
+                            "bench optimize`; ONNX variants run outside the engine and are refused)")
     serve.add_argument("--max-num-seqs", type=positive_int, default=None, help="most requests in the running batch")
     serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond the running batch "
                                                                    "before 429 (default 64)")

@@ -33,6 +33,9 @@ OPTIMIZERS: dict[str, Callable[..., LoadedModel]] = {
     "compile": _lazy("compile", "compile_model"),
 }
 
+# Variants that run in their own runtime, not as a torch module the engine can drive with its KV cache.
+OUTSIDE_ENGINE = frozenset({"onnx", "onnx-int8"})
+
 
 def optimize(loaded: LoadedModel, variant: str, **options) -> LoadedModel:
     """`optimize(load_model("smollm2-135m-instruct"), "torch-int8")`; options go to the scheme
@@ -48,4 +51,4 @@ def unservable_reason(loaded: LoadedModel) -> str | None:
     return getattr(loaded.model, "unservable_reason", None)
 
 
-__all__ = ["OPTIMIZERS", "VARIANT_ATTRIBUTE", "optimize", "stored_bytes", "unservable_reason", "variant_of"]
+__all__ = ["OPTIMIZERS", "OUTSIDE_ENGINE", "VARIANT_ATTRIBUTE", "optimize", "stored_bytes", "unservable_reason", "variant_of"]

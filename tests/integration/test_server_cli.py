@@ -21,8 +21,10 @@ def _start(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, 
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     deadline = time.monotonic() + 120
+    process.startup_output = ""
     while time.monotonic() < deadline:
         line = process.stdout.readline()
+        process.startup_output += line
         if not line and process.poll() is not None:
             break
         match = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
@@ -77,3 +79,22 @@ def test_unknown_model_is_one_line_and_exit_2():
                             timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("labkit: error:")
     assert "Traceback" not in result.stderr
+
+
+def test_optimize_serves_the_variant_and_refuses_onnx_before_loading(tiny_model_dirs):
+    process, url = _start(["--model", tiny_model_dirs["llama"], "--encoder", "none", "--dtype", "float32",
+                           "--optimize", "torch-int8"])
+    try:
+        reply = httpx.post(url + "/v1/completions", json={"prompt": "hello", "max_tokens": 5, "ignore_eos": True},
+                           timeout=60)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 5
+    assert "(causal-lm, torch-int8," in process.startup_output and "Traceback" not in output
+
+    refused = subprocess.run([sys.executable, "-m", "labkit.cli", "serve", "--optimize", "onnx"],
+                             capture_output=True, text=True, timeout=60, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert refused.returncode == 2 and "cannot be served by the engine" in refused.stderr
+    assert refused.stderr.count("\n") == 1
