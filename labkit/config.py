@@ -79,3 +79,66 @@ class ServerConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"ServerConfig: out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """How the router (`labkit up`, `labkit.Router`) admits requests and spreads them over replicas.
+
+    The router speaks the same OpenAI API as a replica. It never queues: a request goes to a replica at
+    once, or is refused (429 with Retry-After when every healthy replica holds `max_outstanding_per_replica`
+    requests, 503 when none is healthy), so a client never hangs on a full or dead pool.
+    """
+
+    host: str = "127.0.0.1"  # loopback only unless told otherwise
+    port: int = 8000  # 0 picks a free port
+    policy: str = "least_outstanding"  # a name from labkit.route.POLICIES
+    max_outstanding_per_replica: int = 64  # in-flight requests per replica before the router answers 429
+    retry_after_s: int = 1  # the Retry-After a 429 carries
+    connect_timeout_s: float = 2.0  # a replica that does not accept the connection in time counts as failed
+    request_timeout_s: float = 300.0  # most seconds a forwarded request may take (504 after)
+    affinity_prefix_chars: int = 256  # prefix_affinity: this much of the prompt picks the replica
+
+    def __post_init__(self) -> None:
+        checks = {"port": 0 <= self.port < 65536, "max_outstanding_per_replica": self.max_outstanding_per_replica >= 1,
+                  "retry_after_s": self.retry_after_s >= 0, "connect_timeout_s": self.connect_timeout_s > 0,
+                  "request_timeout_s": self.request_timeout_s > 0, "affinity_prefix_chars": self.affinity_prefix_chars >= 1}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"RouterConfig: out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Replica pool bounds and the autoscaler's targets and delays (`labkit up --min-replicas A --max-replicas B`).
+
+    Each tick the autoscaler asks for `ceil(in-flight / target_ongoing_requests)` replicas (at least one
+    more when the queue per replica passes `max_queue_per_replica` or the p99 latency passes
+    `latency_slo_p99_s`). It acts only when every sample since the last change agreed for the whole delay:
+    `upscale_delay_s` to add replicas, the longer `downscale_delay_s` to remove them, so it does not flap.
+    Its field names follow Ray Serve's `autoscaling_config` (see benchmarks/ray_serve.py for the mapping).
+    """
+
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_ongoing_requests: float = 4.0  # in-flight requests per replica the autoscaler aims for
+    max_queue_per_replica: float | None = 8.0  # waiting requests per replica that call for one more replica
+    latency_slo_p99_s: float | None = None  # optional: a p99 end-to-end latency that calls for one more replica
+    upscale_delay_s: float = 2.0  # demand must stay above the current size this long before adding
+    downscale_delay_s: float = 10.0  # and below it this long before removing
+    interval_s: float = 0.5  # seconds between autoscaler ticks (and replica health checks)
+    threads_per_replica: int | None = None  # torch/OpenMP threads each replica uses; None: the cores split evenly
+    replica_start_timeout_s: float = 120.0  # a replica not ready after this is killed and replaced
+
+    def __post_init__(self) -> None:
+        checks = {"min_replicas": self.min_replicas >= 1, "max_replicas": self.max_replicas >= max(1, self.min_replicas),
+                  "target_ongoing_requests": self.target_ongoing_requests > 0,
+                  "max_queue_per_replica": self.max_queue_per_replica is None or self.max_queue_per_replica >= 0,
+                  "latency_slo_p99_s": self.latency_slo_p99_s is None or self.latency_slo_p99_s > 0,
+                  "upscale_delay_s": self.upscale_delay_s >= 0, "downscale_delay_s": self.downscale_delay_s >= 0,
+                  "interval_s": self.interval_s > 0,
+                  "threads_per_replica": self.threads_per_replica is None or self.threads_per_replica >= 1,
+                  "replica_start_timeout_s": self.replica_start_timeout_s > 0}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"ScaleConfig: out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
