@@ -117,7 +117,52 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.engine_bench import add_engine_bench_command
 
     add_engine_bench_command(commands)
+    add_monitor_commands(commands)
     return parser
+
+
+def cmd_monitor(args: argparse.Namespace) -> None:
+    from .monitor import RemoteSource
+    from .monitor.console import format_snapshot
+
+    source = RemoteSource(args.url, window_s=args.window)
+    live = sys.stdout.isatty() and not args.count
+    shown = 0
+    try:
+        source.read()  # the first scrape: fails here (one line, exit 2) if the server cannot be reached
+        while True:
+            time.sleep(args.interval)
+            try:
+                text = format_snapshot(source.read())
+            except OSError as err:  # it was there a moment ago: say so and keep watching
+                text = f"labkit monitor: {err} (retrying)"
+            print(("\033[H\033[2J" if live else "") + text + ("" if live else "\n"), flush=True)
+            shown += 1
+            if args.count and shown >= args.count:
+                return
+    finally:
+        source.close()
+
+
+def add_monitor_commands(commands) -> None:
+    """`labkit monitor` and `labkit bench monitor`."""
+    from .bench.monitor_bench import add_monitor_bench_command
+
+    monitor = commands.add_parser("monitor", help="a live terminal summary of a server's /metrics",
+                                  description="Scrape a labkit server's (or router's) /metrics every INTERVAL "
+                                              "seconds and print latency (mean, p50, p95, p99 of end-to-end, "
+                                              "TTFT, inter-token and queue time), throughput, queue, KV cache "
+                                              "and memory over the last WINDOW seconds. Ctrl-C stops.")
+    monitor.add_argument("--url", action="append", required=True,
+                         help="the server's base URL, e.g. http://127.0.0.1:8000 (repeat for replicas: added up)")
+    monitor.add_argument("--interval", type=positive_float, default=1.0, help="seconds between refreshes "
+                                                                              "(default 1)")
+    monitor.add_argument("--window", type=positive_float, default=30.0, help="seconds the statistics cover "
+                                                                            "(default 30)")
+    monitor.add_argument("--count", type=positive_int, default=None, help="stop after this many refreshes "
+                                                                          "(default: until Ctrl-C)")
+    monitor.set_defaults(run=cmd_monitor)
+    add_monitor_bench_command(commands)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -300,6 +345,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
     return value
 
 

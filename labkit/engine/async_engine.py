@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from ..config import EngineConfig
+from ..monitor.events import RequestFinished
 from .detokenizer import IncrementalDetokenizer
 from .llm import LLM
 from .outputs import RequestOutput
@@ -27,8 +28,9 @@ from .sampling_params import SamplingParams
 
 
 class AsyncLLM:
-    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, **overrides):
-        self._llm = LLM(model, tokenizer, config, **overrides)
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, *, bus=None, **overrides):
+        self._llm = LLM(model, tokenizer, config, bus=bus, **overrides)
+        self.bus = self._llm.bus  # the monitor's event bus (labkit.monitor)
         self.engine = self._llm.engine
         self.tokenizer = self._llm.tokenizer
         self._lock = threading.Lock()  # held while a step runs, and by abort
@@ -98,6 +100,8 @@ class AsyncLLM:
             for entry in list(self._inbox):
                 if entry[0] == request_id:
                     self._inbox.remove(entry)
+                    if self.bus.has_subscribers:  # it never reached the engine, which therefore cannot say so
+                        self.bus.publish(RequestFinished("engine", finish_reason="abort", prompt_tokens=len(entry[1])))
                     self._deliver(RequestOutput(request_id, entry[3], entry[1], [], finished=True,
                                                 finish_reason="abort", text=""))
                     return True

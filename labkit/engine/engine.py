@@ -1,7 +1,8 @@
 """The engine loop: `step()` is schedule → run → update.
 
 It knows nothing of prompts as text, threads or HTTP: `LLM` (scripts, notebooks) and `AsyncLLM` (the server)
-wrap it. Every step is logged (which requests ran, how many tokens each) so the batching can be seen.
+wrap it. Every step is logged (which requests ran, how many tokens each) so the batching can be seen, and,
+when someone subscribed to its `bus`, published with each finished request's timings (labkit.monitor).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..config import EngineConfig
+from ..monitor.events import EventBus, QueueDepth, RequestFinished, StepStats
 from .model_runner import ModelRunner
 from .outputs import RequestOutput
 from .request import Request
@@ -37,11 +39,13 @@ class StepRecord:
 class LLMEngine:
     """Continuous batching over one Hugging Face decoder: requests join and leave between steps."""
 
-    def __init__(self, model, tokenizer, config: EngineConfig | None = None, max_logged_steps: int = 100_000):
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, max_logged_steps: int = 100_000,
+                 bus: EventBus | None = None):
         reason = getattr(model, "unservable_reason", None)  # e.g. an ONNX Runtime session: no torch forward
         if reason:
             raise TypeError(reason)
         self.config = config or EngineConfig()
+        self.bus = bus if bus is not None else EventBus()  # monitoring subscribes here; unobserved it costs nothing
         self.model = model
         self.tokenizer = tokenizer
         self.runner = ModelRunner(model, self.config)
@@ -91,7 +95,13 @@ class LLMEngine:
     def abort(self, request_id: str) -> RequestOutput | None:
         """Cancel a request; its KV pages are free when this returns. None if it is unknown or already done."""
         request = self.scheduler.abort(request_id)
-        return None if request is None else request.output([])
+        if request is None:
+            return None
+        if self.bus.has_subscribers:
+            self._publish_finished(request)
+            self.bus.publish(QueueDepth("engine", running=self.num_running, waiting=self.num_waiting,
+                                        kv_usage=self.runner.cache.usage))
+        return request.output([])
 
     # ---- the loop ----
     def step(self) -> list[RequestOutput]:
@@ -102,14 +112,36 @@ class LLMEngine:
             if self.scheduler.has_unfinished():  # cannot happen while max_model_len fits the cache; never spin
                 raise RuntimeError(f"The scheduler could not run any of {self.num_waiting} waiting requests.")
             return []
+        observed = self.bus.has_subscribers
+        decodes = sum(s.request.num_computed_tokens >= s.request.num_prompt_tokens for s in plan.scheduled) \
+            if observed else 0
         logits, samplers = self.runner.execute(plan.scheduled)
         tokens = self.sampler(logits, [item.request for item in samplers])
         sampled = {item.request.request_id: token for item, token in zip(samplers, tokens)}
         changed = self.scheduler.update(plan, sampled)
-        self.steps.append(StepRecord(len(self.steps), started, time.perf_counter() - started,
+        duration = time.perf_counter() - started
+        self.steps.append(StepRecord(len(self.steps), started, duration,
                                      tuple((s.request.request_id, s.num_tokens) for s in plan.scheduled),
                                      len(plan.preempted)))
+        if observed:
+            self._publish_step(plan, decodes, len(tokens), duration, changed)
         return [request.output(new) for request, new in changed]
+
+    # ---- monitoring ----
+    def _publish_step(self, plan, decodes: int, sampled: int, duration: float, changed) -> None:
+        for request, _ in changed:
+            if request.status.is_finished:
+                self._publish_finished(request)
+        self.bus.publish(StepStats("engine", batch_size=len(plan.scheduled), prefill_tokens=plan.num_tokens - decodes,
+                                   decode_tokens=decodes, duration_s=duration, running=self.num_running,
+                                   waiting=self.num_waiting, kv_usage=self.runner.cache.usage, output_tokens=sampled))
+
+    def _publish_finished(self, request) -> None:
+        m = request.metrics()
+        self.bus.publish(RequestFinished("engine", finish_reason=request.status.finish_reason or "abort",
+                                         prompt_tokens=m.num_prompt_tokens, output_tokens=m.num_output_tokens,
+                                         queue_s=m.queue_time_s, ttft_s=m.ttft_s, e2e_s=m.e2e_latency_s,
+                                         itl_s=tuple(m.inter_token_latencies_s)))
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()

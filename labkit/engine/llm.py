@@ -24,10 +24,11 @@ class LLM:
 
     `model` is a `LoadedModel` (from `labkit.load_model`), an alias or path to load, or a transformers model
     (then pass its `tokenizer`). Engine settings come from `config` and/or keyword overrides of `EngineConfig`
-    fields, e.g. `LLM(model, max_num_seqs=8)`.
+    fields, e.g. `LLM(model, max_num_seqs=8)`. `bus` is the monitor's event bus the engine publishes to
+    (`labkit.monitor.source(llm)` subscribes to `llm.bus`); by default the engine has its own.
     """
 
-    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, **overrides):
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, *, bus=None, **overrides):
         if isinstance(model, str):
             from ..models import load_model
 
@@ -40,8 +41,13 @@ class LLM:
         if tokenizer is None:
             raise TypeError("LLM needs a tokenizer with a bare transformers model: LLM(model, tokenizer).")
         config = dataclasses.replace(config or EngineConfig(), **overrides)
-        self.engine = LLMEngine(model, tokenizer, config)
+        self.engine = LLMEngine(model, tokenizer, config, bus=bus)
         self.tokenizer = tokenizer
+
+    @property
+    def bus(self):
+        """The monitor's event bus: steps and finished requests are published here while someone listens."""
+        return self.engine.bus
 
     # ---- prompts ----
     def encode(self, prompt) -> list[int]:

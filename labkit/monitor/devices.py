@@ -87,3 +87,59 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    """What the memory panel shows: GPU memory through NVML, or this process's RSS where there is no NVML."""
+
+    kind: str  # "gpu" (NVML) or "cpu" (the fallback: process RSS and machine CPU utilisation)
+    used_bytes: float | None
+    total_bytes: float | None  # GPU: the devices' memory; CPU: the machine's RAM
+    utilization_perc: float | None  # GPU utilisation, or machine CPU utilisation in the fallback
+    label: str  # says which it is, for a panel's title
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind == "gpu"
+
+
+class DeviceProbe:
+    """Reads device memory and utilisation for the monitor. NVML when present (all GPUs summed, utilisation
+    averaged), else the clearly labelled CPU fallback. Never raises: a failing probe reads as unknown.
+
+    Each probe keeps its own CPU-time baseline, so two probes (a scrape and a notebook panel) do not steal
+    each other's utilisation interval (psutil.cpu_percent(None) is one process-wide baseline)."""
+
+    def __init__(self):
+        self._last_cpu = psutil.cpu_times()
+        self._process = psutil.Process()
+
+    def cpu_utilization_perc(self) -> float:
+        """Machine CPU utilisation (0 to 100) since this probe's last call."""
+        now = psutil.cpu_times()
+        last, self._last_cpu = self._last_cpu, now
+        busy = sum(now) - now.idle - getattr(now, "iowait", 0.0)
+        busy_before = sum(last) - last.idle - getattr(last, "iowait", 0.0)
+        total = sum(now) - sum(last)
+        return max(0.0, min(100.0, 100.0 * (busy - busy_before) / total)) if total > 0 else 0.0
+
+    def process_resident_bytes(self) -> int:
+        return self._process.memory_info().rss
+
+    def read(self) -> MemoryReading:
+        try:
+            gpus = gpu_readings()
+        except Exception:  # a driver hiccup: fall back rather than fail
+            gpus = []
+        if gpus:
+            return MemoryReading("gpu", float(sum(g.memory_used_bytes for g in gpus)),
+                                 float(sum(g.memory_total_bytes for g in gpus)),
+                                 sum(g.utilization_perc for g in gpus) / len(gpus),
+                                 f"GPU memory (NVML, {len(gpus)} device{'s' if len(gpus) > 1 else ''})")
+        try:
+            rss = float(self.process_resident_bytes())
+        except Exception:
+            rss = None
+        return MemoryReading("cpu", rss, float(psutil.virtual_memory().total), self.cpu_utilization_perc(),
+                             "process RSS (no NVML here: CPU fallback)")

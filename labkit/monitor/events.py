@@ -49,12 +49,14 @@ class StepStats(Event):
     running: int = 0
     waiting: int = 0
     kv_usage: float = 0.0  # fraction of KV pages in use, 0 to 1
+    output_tokens: int = 0  # tokens sampled this step (one per request that got a token)
 
 
 @dataclass(frozen=True, slots=True)
 class QueueDepth(Event):
     running: int = 0
     waiting: int = 0
+    kv_usage: float | None = None  # fraction of KV pages in use, when the publisher knows it
 
 
 @dataclass(frozen=True, slots=True)

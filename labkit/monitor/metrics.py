@@ -1,7 +1,8 @@
 """A small, dependency-free Prometheus exposition: counters, gauges and histograms with labels.
 
-Names follow DESIGN.md (`labkit:` prefix, after vLLM's). The server feeds these from each finished
-request's timings; `render()` writes the text format (version 0.0.4) that Prometheus scrapes.
+Names follow DESIGN.md (`labkit:` prefix, after vLLM's). `ServingMetrics` is fed by the monitor's event bus
+(finished requests, engine steps, replica counts); `render()` writes the text format (version 0.0.4) that
+Prometheus scrapes.
 Thread-safe: the engine's thread and the event loop may both record.
 """
 from __future__ import annotations
@@ -79,19 +80,20 @@ class Counter(_Metric):
 
 
 class Gauge(_Metric):
-    """A value set directly, or read from `source` at scrape time (queue lengths, KV usage, memory)."""
+    """A value set directly, or read from `source` at scrape time (queue lengths, KV usage, memory).
+    `initial=None` renders no sample until the first `set` (a family declared before anyone feeds it)."""
 
     kind = "gauge"
 
-    def __init__(self, name, documentation, source: Callable[[], float] | None = None):
+    def __init__(self, name, documentation, source: Callable[[], float] | None = None, initial: float | None = 0.0):
         super().__init__(name, documentation)
-        self._value = 0.0
+        self._value = initial
         self._source = source
 
     def set(self, value: float) -> None:
         self._value = float(value)
 
-    def value(self) -> float:
+    def value(self) -> float | None:
         if self._source is not None:
             try:
                 return float(self._source())
@@ -101,7 +103,28 @@ class Gauge(_Metric):
 
     def samples(self) -> list[str]:
         value = self.value()
+        if value is None:
+            return []
         return [f"{self.name} {'NaN' if math.isnan(value) else _number(value)}"]
+
+
+class LabelledGauge(_Metric):
+    """Gauges with labels read together at scrape time: `source()` returns {label values: value}
+    (one sample per GPU, say). No samples is a valid answer: the family is still declared."""
+
+    kind = "gauge"
+
+    def __init__(self, name, documentation, labelnames: Iterable[str], source: Callable[[], dict]):
+        super().__init__(name, documentation, labelnames)
+        self._source = source
+
+    def samples(self) -> list[str]:
+        try:
+            values = self._source()
+        except Exception:
+            return []
+        return [f"{self.name}{_labels(self.labelnames, tuple(map(str, key)))} {_number(float(v))}"
+                for key, v in sorted(values.items())]
 
 
 class Histogram(_Metric):
@@ -154,6 +177,9 @@ class Registry:
     def get(self, name: str) -> _Metric:
         return self._metrics[name]
 
+    def names(self) -> list[str]:
+        return list(self._metrics)
+
     def render(self) -> str:
         lines: list[str] = []
         for metric in self._metrics.values():
@@ -161,17 +187,28 @@ class Registry:
         return "\n".join(lines) + "\n"
 
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STEP_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
 class ServingMetrics:
-    """The serving metrics of DESIGN.md in one registry. Gauges read live values through callables."""
+    """The serving metrics of DESIGN.md in one registry, fed by an event bus (`bus=` or `attach(bus)`):
+    finished requests fill the counters and latency histograms, engine steps the batch histograms and the
+    queue/KV gauges, replica counts and scale decisions the fleet gauges. Gauges given a callable
+    (`running=`, `waiting=`, `kv_usage=`) read it at scrape time instead: exact even when the engine idles.
+    Device gauges read NVML at scrape time; without NVML the GPU families are declared with no samples and
+    the CPU fallback (process RSS, machine CPU utilisation) carries the memory story."""
 
-    def __init__(self, *, running: Callable[[], float] | None = None, waiting: Callable[[], float] | None = None,
-                 kv_usage: Callable[[], float] | None = None):
-        from .devices import cpu_reading, gpu_readings, nvml_available
+    def __init__(self, bus=None, *, running: Callable[[], float] | None = None,
+                 waiting: Callable[[], float] | None = None, kv_usage: Callable[[], float] | None = None):
+        from .devices import DeviceProbe, gpu_readings
 
+        probe = DeviceProbe()
         r = self.registry = Registry()
-        r.add(Gauge("labkit:num_requests_running", "Requests in the running batch.", running))
-        r.add(Gauge("labkit:num_requests_waiting", "Requests waiting to be scheduled.", waiting))
-        r.add(Gauge("labkit:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0 to 1).", kv_usage))
+        self.running = r.add(Gauge("labkit:num_requests_running", "Requests in the running batch.", running))
+        self.waiting = r.add(Gauge("labkit:num_requests_waiting", "Requests waiting to be scheduled.", waiting))
+        self.kv_usage = r.add(Gauge("labkit:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0 to 1).",
+                                    kv_usage))
         self.prompt_tokens = r.add(Counter("labkit:prompt_tokens_total", "Prompt tokens processed."))
         self.generation_tokens = r.add(Counter("labkit:generation_tokens_total", "Tokens generated."))
         self.success = r.add(Counter("labkit:request_success_total", "Finished requests by finish reason.",
@@ -182,25 +219,76 @@ class ServingMetrics:
         self.itl = r.add(Histogram("labkit:inter_token_latency_seconds", "Time between consecutive tokens."))
         self.e2e = r.add(Histogram("labkit:e2e_request_latency_seconds", "End-to-end request latency."))
         self.queue = r.add(Histogram("labkit:request_queue_time_seconds", "Time spent waiting to be scheduled."))
+        self.batch_size = r.add(Histogram("labkit:batch_size", "Requests per engine step.", buckets=BATCH_BUCKETS))
+        self.step_tokens = r.add(Histogram("labkit:iteration_tokens_total", "Tokens (prompt and decode) per "
+                                           "engine step.", buckets=STEP_TOKEN_BUCKETS))
         self.embed_batch = r.add(Histogram("labkit:embedding_batch_size", "Texts per encoder call of the dynamic "
                                            "batcher.", buckets=(1, 2, 4, 8, 16, 32, 64, 128)))
-        if nvml_available():
-            r.add(Gauge("labkit:gpu_utilization_perc", "GPU 0 utilisation (0 to 100).",
-                        lambda: gpu_readings()[0].utilization_perc))
-            r.add(Gauge("labkit:gpu_memory_used_bytes", "GPU 0 memory in use.",
-                        lambda: gpu_readings()[0].memory_used_bytes))
+        r.add(LabelledGauge("labkit:gpu_utilization_perc", "GPU utilisation (0 to 100), per device (NVML).",
+                            ("gpu",), lambda: {(g.index,): g.utilization_perc for g in gpu_readings()}))
+        r.add(LabelledGauge("labkit:gpu_memory_used_bytes", "GPU memory in use, per device (NVML).", ("gpu",),
+                            lambda: {(g.index,): g.memory_used_bytes for g in gpu_readings()}))
+        r.add(LabelledGauge("labkit:gpu_memory_total_bytes", "GPU memory in all, per device (NVML).", ("gpu",),
+                            lambda: {(g.index,): g.memory_total_bytes for g in gpu_readings()}))
         r.add(Gauge("labkit:process_resident_memory_bytes", "Resident memory of this process.",
-                    lambda: cpu_reading().process_resident_bytes))
+                    probe.process_resident_bytes))
         r.add(Gauge("labkit:cpu_utilization_perc", "Machine CPU utilisation since the last scrape (0 to 100).",
-                    lambda: cpu_reading().utilization_perc))
+                    probe.cpu_utilization_perc))
+        self.replicas = r.add(Gauge("labkit:replicas", "Healthy replicas serving (router/autoscaler).",
+                                    initial=None))
+        self.replicas_desired = r.add(Gauge("labkit:replicas_desired", "Replicas the autoscaler wants.",
+                                            initial=None))
+        self.scale_decisions = r.add(Counter("labkit:scale_decisions_total", "Autoscaler decisions that changed "
+                                             "the replica count, by direction.", ("direction",)))
+        self._live = {"running": running is not None, "waiting": waiting is not None, "kv": kv_usage is not None}
+        if bus is not None:
+            self.attach(bus)
+
+    def attach(self, bus):
+        """Subscribe to `bus`; returns the unsubscribe."""
+        from .events import QueueDepth, ReplicaCount, RequestFinished, ScaleDecision, StepStats
+
+        return bus.subscribe(self.record, RequestFinished, StepStats, QueueDepth, ReplicaCount, ScaleDecision)
+
+    def record(self, event) -> None:
+        """One event from the bus (on the publisher's thread: counters and histograms only)."""
+        from .events import QueueDepth, ReplicaCount, RequestFinished, ScaleDecision, StepStats
+
+        if isinstance(event, RequestFinished):
+            self.record_finished(finish_reason=event.finish_reason, prompt_tokens=event.prompt_tokens,
+                                 output_tokens=event.output_tokens, queue_s=event.queue_s, ttft_s=event.ttft_s,
+                                 itl_s=event.itl_s, e2e_s=event.e2e_s)
+        elif isinstance(event, StepStats):
+            self.batch_size.observe(event.batch_size)
+            self.step_tokens.observe(event.prefill_tokens + event.decode_tokens)
+            self._set_queue(event.running, event.waiting, event.kv_usage)
+        elif isinstance(event, QueueDepth):
+            self._set_queue(event.running, event.waiting, event.kv_usage)
+        elif isinstance(event, ReplicaCount):
+            self.replicas.set(event.replicas)
+            self.replicas_desired.set(event.desired)
+        elif isinstance(event, ScaleDecision) and event.desired != event.current:
+            self.scale_decisions.inc(direction="up" if event.desired > event.current else "down")
+            self.replicas_desired.set(event.desired)
+
+    def _set_queue(self, running: float, waiting: float, kv: float | None) -> None:
+        if not self._live["running"]:
+            self.running.set(running)
+        if not self._live["waiting"]:
+            self.waiting.set(waiting)
+        if kv is not None and not self._live["kv"]:
+            self.kv_usage.set(kv)
 
     def record_finished(self, *, finish_reason: str, prompt_tokens: int, output_tokens: int,
                         queue_s: float | None = None, ttft_s: float | None = None,
                         itl_s: Iterable[float] = (), e2e_s: float | None = None) -> None:
-        """One finished generation request, from the engine's per-request timings."""
+        """One finished generation request, from the engine's per-request timings. A cancelled one ("abort":
+        a client that hung up, a timeout, shutdown) counts, but its timings stay out of the latency histograms."""
         self.prompt_tokens.inc(prompt_tokens)
         self.generation_tokens.inc(output_tokens)
         self.success.inc(finished_reason=finish_reason)
+        if finish_reason == "abort":
+            return
         for histogram, value in ((self.queue, queue_s), (self.ttft, ttft_s), (self.e2e, e2e_s)):
             if value is not None:
                 histogram.observe(value)
@@ -209,3 +297,7 @@ class ServingMetrics:
 
     def render(self) -> str:
         return self.registry.render()
+
+    def metric_names(self) -> list[str]:
+        """Every family this registry declares (a Grafana query may only name these)."""
+        return self.registry.names()

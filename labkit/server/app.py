@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ..config import ServerConfig
 from ..models import LoadedModel
+from ..monitor.events import EventBus
 from ..monitor.metrics import ServingMetrics
 from .access_log import AccessLog, RequestContextMiddleware
 from .errors import install_error_handlers
@@ -28,13 +29,15 @@ or wrong API key, 404 unknown model, 413 body too large, 422 a field of the wron
 
 
 def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(), *,
-               engine_options: dict | None = None) -> FastAPI:
+               engine_options: dict | None = None, bus: EventBus | None = None) -> FastAPI:
     """An app hosting `models` (one causal LM, one encoder, or one of each). `engine_options` go to the
-    engine (for example its batch size); the engine starts and stops with the app's lifespan."""
+    engine (for example its batch size); the engine starts and stops with the app's lifespan. The engine
+    publishes to `bus` (a new one by default, `app.state.bus`); /metrics is built from it."""
+    bus = bus if bus is not None else EventBus()
     # The gauges read the services at scrape time, so they are built first and look the services up late.
-    metrics = ServingMetrics(running=lambda: services.num_running(), waiting=lambda: services.num_waiting(),
+    metrics = ServingMetrics(bus, running=lambda: services.num_running(), waiting=lambda: services.num_waiting(),
                              kv_usage=lambda: services.kv_usage())
-    services = Services(models, config, metrics, engine_options)
+    services = Services(models, config, metrics, engine_options, bus=bus)
     access_log = AccessLog(config.access_log) if config.access_log else None
 
     @asynccontextmanager
@@ -51,6 +54,7 @@ def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(),
     app.state.config = config
     app.state.services = services
     app.state.metrics = metrics
+    app.state.bus = bus
     install_error_handlers(app)
     app.include_router(meta.router)
     app.include_router(generate.router)

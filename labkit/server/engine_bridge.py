@@ -16,12 +16,11 @@ class Step:
     text: str  # the whole output text so far (cut before a stop string once finished)
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort"
-    timings: dict | None = None  # once finished: queue_s, ttft_s, itl_s, e2e_s for the metrics
 
 
 class EngineBridge:
-    def __init__(self, loaded: LoadedModel, **engine_options):
-        self.engine = AsyncLLM(loaded, **engine_options)
+    def __init__(self, loaded: LoadedModel, bus=None, **engine_options):
+        self.engine = AsyncLLM(loaded, bus=bus, **engine_options)
         self.max_num_seqs = self.engine.max_num_seqs
         self.max_model_len = self.engine.max_model_len
         self._stopped = False
@@ -62,7 +61,4 @@ class EngineBridge:
             if not out.finished:
                 yield Step(out.new_token_ids, out.text or "")
                 continue
-            m = out.metrics
-            timings = None if m is None else {"queue_s": m.queue_time_s, "ttft_s": m.ttft_s,
-                                              "itl_s": m.inter_token_latencies_s, "e2e_s": m.e2e_latency_s}
-            yield Step(out.new_token_ids, out.text or "", True, out.finish_reason, timings)
+            yield Step(out.new_token_ids, out.text or "", True, out.finish_reason)

@@ -18,7 +18,7 @@ DEFAULT_MAX_TOKENS = 256  # when a request names none, as far as the context all
 
 
 class LLMService:
-    def __init__(self, loaded: LoadedModel, config: ServerConfig, metrics, **engine_options):
+    def __init__(self, loaded: LoadedModel, config: ServerConfig, metrics, *, bus=None, **engine_options):
         if loaded.kind != "causal-lm":
             raise TypeError(f"{loaded.name} is an {loaded.kind}; text generation needs a causal LM")
         self.loaded = loaded
@@ -26,7 +26,7 @@ class LLMService:
         self.tokenizer = loaded.tokenizer
         self.config = config
         self.metrics = metrics
-        self.engine = EngineBridge(loaded, **engine_options)
+        self.engine = EngineBridge(loaded, bus=bus, **engine_options)  # it publishes finished requests to bus
         self.max_model_len = self.engine.max_model_len
         self.admission = Admission(self.engine.max_num_seqs, config.max_waiting, config.retry_after_s)
         self.jobs: set[GenerationJob] = set()
@@ -165,9 +165,7 @@ class GenerationJob:
                 self._engine_done = True
                 self.finish_reason = step.finish_reason
                 if self._cancel_reason is not None:
-                    self.service.metrics.success.inc(finished_reason="abort")
                     raise APIError(503, self._cancel_reason, code="cancelled")
-                self._record(step.timings)
                 # The engine's final text is authoritative (cut before a stop string).
                 tail = step.text[len(self._emitted):] if step.text.startswith(self._emitted) else ""
                 yield self._emit(tail)
@@ -198,13 +196,5 @@ class GenerationJob:
             await asyncio.to_thread(self.service.engine.abort, self.engine_id)
         if not self._engine_done:
             self.finish_reason = self.finish_reason or "abort"
-            self.service.metrics.success.inc(finished_reason=self.finish_reason)
         self.service.admission.release()
         self.service.jobs.discard(self)
-
-    def _record(self, timings) -> None:
-        metrics = self.service.metrics
-        if timings is None:  # no engine timings: the server's own view of them
-            timings = {"ttft_s": self.ttft_s, "e2e_s": time.perf_counter() - self.started}
-        metrics.record_finished(finish_reason=self.finish_reason, prompt_tokens=self.prompt_tokens,
-                                output_tokens=self.completion_tokens, **timings)

@@ -26,6 +26,7 @@ class ServerHandle:
         self.host = host
         self.port = port
         self.app = server.app
+        self.bus = server.app.state.bus  # the monitor's event bus: labkit.monitor.source(handle) reads it
 
     @property
     def url(self) -> str:

@@ -11,7 +11,8 @@ from .errors import APIError, model_not_found
 
 
 class Services:
-    def __init__(self, models: list[LoadedModel], config: ServerConfig, metrics, engine_options: dict | None = None):
+    def __init__(self, models: list[LoadedModel], config: ServerConfig, metrics, engine_options: dict | None = None,
+                 bus=None):
         kinds = [m.kind for m in models]
         if not models or len(set(kinds)) != len(kinds):
             raise ValueError("a server hosts one causal LM, one encoder, or one of each")
@@ -29,7 +30,7 @@ class Services:
             else:
                 from .generation import LLMService  # the engine, imported only where an LLM is hosted
 
-                self.llm = LLMService(loaded, config, metrics, **(engine_options or {}))
+                self.llm = LLMService(loaded, config, metrics, bus=bus, **(engine_options or {}))
 
     def names(self) -> list[str]:
         return [s.name for s in (self.llm, self.encoder) if s is not None]

@@ -1,0 +1,134 @@
+"""`labkit bench monitor`: what monitoring costs the engine. The engine benchmark's workload runs several
+times in one process, alternately without monitoring (nobody subscribed: the engine publishes nothing) and
+with all of it on (rolling statistics and the Prometheus metrics subscribed, a watcher reading a snapshot and
+rendering /metrics once a second, as a dashboard plus a scrape would). Runs alternate (off, on, on, off, ...)
+so a drift in machine load falls on both sides; the ratio of the medians is the figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+from ..config import EngineConfig
+from .engine_workload import EngineWorkload
+
+
+def _run(llm, prompts, params) -> tuple[float, int]:
+    started = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    wall = time.perf_counter() - started
+    return wall, sum(len(o.token_ids) for o in outs)
+
+
+def publish_cost_us(events: int = 20_000) -> dict:
+    """Microseconds per publish with the full monitor subscribed: a step, and a finished 64-token request."""
+    from ..monitor import EventBus, RequestFinished, RollingStats, ServingMetrics, StepStats
+
+    bus = EventBus()
+    RollingStats().attach(bus)
+    ServingMetrics(bus)
+    step = StepStats("engine", batch_size=32, decode_tokens=32, running=32, kv_usage=0.2, output_tokens=32)
+    finished = RequestFinished("engine", finish_reason="length", prompt_tokens=40, output_tokens=64, queue_s=0.01,
+                               ttft_s=0.1, e2e_s=2.0, itl_s=(0.03,) * 63)
+    out = {}
+    for name, event in (("step_us", step), ("finished_request_us", finished)):
+        started = time.perf_counter()
+        for _ in range(events):
+            bus.publish(event)
+        out[name] = round((time.perf_counter() - started) / events * 1e6, 2)
+    return out
+
+
+def bench_monitor(model: str = "smollm2-135m-instruct", requests: int = 32, rounds: int = 3, seed: int = 0,
+                  dtype: str = "bfloat16", log=print) -> dict:
+    from ..engine import LLM, SamplingParams
+    from ..models import load_model
+    from ..monitor import LocalSource, ServingMetrics, Watcher
+    from .engine_bench import machine
+
+    loaded = load_model(model, device="cpu", dtype=dtype, progress=False)
+    chats, lengths = zip(*EngineWorkload(num_requests=requests, seed=seed).requests())
+    params = [SamplingParams(temperature=0, max_tokens=n, min_tokens=n, ignore_eos=True) for n in lengths]
+    log(f"workload: {requests} chat requests, {sum(lengths)} output tokens, {loaded.name} {dtype}; "
+        f"{rounds} rounds of (off, on) alternating")
+    runs: dict[str, list[float]] = {"off": [], "on": []}
+    load: list[float] = []
+    with LLM(loaded.model, loaded.tokenizer, EngineConfig()) as llm:
+        llm.generate(list(chats[:2]), SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
+        for index in range(rounds):
+            for mode in (("off", "on") if index % 2 == 0 else ("on", "off")):
+                watcher = source = None
+                if mode == "on":
+                    source = LocalSource(llm)
+                    metrics = ServingMetrics()
+                    unsubscribe = metrics.attach(llm.bus)
+                    watcher = Watcher(source, lambda _s, m=metrics: m.render(), interval_s=1.0).start()
+                wall, tokens = _run(llm, list(chats), params)
+                if watcher is not None:
+                    watcher.stop()
+                    source.close()
+                    unsubscribe()
+                assert not llm.bus.has_subscribers, "a subscription outlived its run"
+                runs[mode].append(tokens / wall)
+                load.append(os.getloadavg()[0])
+                log(f"  round {index + 1} {mode:>3}: {tokens / wall:7.1f} tok/s ({wall:.2f} s, load {load[-1]:.2f})")
+    off, on = statistics.median(runs["off"]), statistics.median(runs["on"])
+    pairs = [b / a for a, b in zip(runs["off"], runs["on"])]
+    return {"machine": machine(), "workload": {"requests": requests, "output_tokens": sum(lengths), "seed": seed,
+                                               "model": loaded.name, "dtype": dtype, "rounds": rounds},
+            "systems": {"monitor-off": {"output_tokens_per_s": round(off, 1), "runs": [round(r, 1) for r in runs["off"]]},
+                        "monitor-on": {"output_tokens_per_s": round(on, 1), "runs": [round(r, 1) for r in runs["on"]]}},
+            "ratios": {"on_vs_off": round(on / off, 4), "overhead_perc": round(100 * (1 - on / off), 2),
+                       "pair_ratios": [round(p, 4) for p in pairs]},
+            "publish_cost": publish_cost_us(), "load_average_1m": [round(x, 2) for x in load]}
+
+
+def format_report(report: dict) -> str:
+    s, r = report["systems"], report["ratios"]
+    return "\n".join([
+        f"monitor off: {s['monitor-off']['output_tokens_per_s']:.1f} tok/s (median of {s['monitor-off']['runs']})",
+        f"monitor on:  {s['monitor-on']['output_tokens_per_s']:.1f} tok/s (median of {s['monitor-on']['runs']})",
+        f"on/off: {r['on_vs_off']:.4f} = {r['overhead_perc']:+.2f}% overhead; per pair {r['pair_ratios']}",
+        f"publish cost with the monitor subscribed: {report['publish_cost']['step_us']} us per step, "
+        f"{report['publish_cost']['finished_request_us']} us per finished 64-token request",
+        f"load average (1 min) after each run: {report['load_average_1m']}"])
+
+
+def cmd_bench_monitor(args: argparse.Namespace) -> None:
+    from .engine_bench import tuned_environment
+
+    if args.tune and os.environ.get("LABKIT_BENCH_TUNED") != "1":
+        os.execve(sys.executable, [sys.executable, "-m", "labkit.cli", *sys.argv[1:]], tuned_environment(os.environ))
+    report = bench_monitor(args.model, args.requests, args.rounds, args.seed, args.dtype,
+                           log=lambda line: print(line, file=sys.stderr))
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+
+
+def add_monitor_bench_command(commands) -> None:
+    """`labkit bench monitor`, added to the `bench` group whoever created it first."""
+    bench = commands.choices.get("bench")
+    if bench is None:
+        bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks; see each subcommand.")
+        bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    bench_commands = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
+    cmd = bench_commands.add_parser(
+        "monitor", help="engine tokens/s with and without monitoring, same process",
+        description="Run the engine workload alternately with monitoring off (nobody subscribed) and on (rolling "
+                    "statistics, Prometheus metrics, a 1 s watcher); print the tokens/s of each, their ratio, and "
+                    "the cost of one publish.")
+    cmd.add_argument("--model", default="smollm2-135m-instruct", help="alias, HF id or local directory")
+    cmd.add_argument("--requests", type=int, default=32, help="requests per run (default 32)")
+    cmd.add_argument("--rounds", type=int, default=3, help="(off, on) pairs (default 3)")
+    cmd.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
+    cmd.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights dtype")
+    cmd.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here")
+    cmd.add_argument("--no-tune", dest="tune", action="store_false",
+                     help="run in the environment as it is (default: OMP_WAIT_POLICY=PASSIVE, tcmalloc if present)")
+    cmd.set_defaults(run=cmd_bench_monitor)

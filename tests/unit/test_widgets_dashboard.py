@@ -1,0 +1,65 @@
+"""The live panels, checked through their widget state (figure data), not pixels."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import labkit
+from labkit import LLM, SamplingParams
+from labkit.monitor import MemoryReading, Snapshot, Summary
+from widgets import Dashboard, LatencyPanel, MemoryPanel
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dirs):
+    return labkit.load_model(tiny_model_dirs["llama"], device="cpu", dtype="float32", progress=False)
+
+
+def test_figure_data_grows_after_traffic(tiny):
+    with LLM(tiny) as llm:
+        dash = Dashboard(llm, start=False)
+        assert not dash.running and dash.stop_button.disabled
+        dash.refresh()
+        llm.generate(["a", "b", "c"], SamplingParams(max_tokens=6, ignore_eos=True))
+        dash.refresh()
+        dash.close()
+    latency, throughput = dash.latency.figure.data, dash.throughput.figure.data
+    assert len(latency[0].x) == 2 and latency[0].y[0] is None and latency[0].y[1] > 0  # e2e mean after traffic
+    assert throughput[0].name == "tokens/s" and throughput[0].y[1] > 0
+    assert dash.queue.figure.data[0].y[-1] == 0  # nothing running once generate returned
+    assert dash.memory.figure.data[0].y[-1] > 0 and "3 requests in all" in dash.summary.value
+
+
+def test_background_refresh_starts_and_stops_cleanly(tiny):
+    with LLM(tiny) as llm:
+        dash = Dashboard(llm, interval_s=0.05)
+        assert dash.running and dash.start_button.disabled
+        llm.generate(["a"] * 4, SamplingParams(max_tokens=8, ignore_eos=True))
+        while len(dash.throughput.figure.data[0].x) < 3:
+            pass
+        dash.stop()
+        assert not dash.running and dash.stop_button.disabled and not dash.start_button.disabled
+        assert not any(t.name == "labkit-monitor" for t in threading.enumerate())
+        count = len(dash.throughput.figure.data[0].x)
+        dash.start_button.click()
+        assert dash.running
+        dash.stop_button.click()
+        assert not dash.running and len(dash.throughput.figure.data[0].x) >= count
+        dash.close()
+
+
+def test_history_is_bounded_and_memory_panel_says_what_it_shows():
+    panel, memory = LatencyPanel(history=3), MemoryPanel()
+    cpu = MemoryReading("cpu", 2**30, 8 * 2**30, 50.0, "process RSS (no NVML here: CPU fallback)")
+    for i in range(5):
+        snap = Snapshot(t=1000.0 + i, window_s=1, latency=Summary(1, 0.1 * i, 0.1, 0.1, 0.2 * i), memory=cpu)
+        panel.draw(snap)
+        memory.draw(snap)
+    assert len(panel.figure.data[0].x) == 3 and panel.figure.data[1].y == pytest.approx((400.0, 600.0, 800.0))
+    assert "RSS" in memory.figure.layout.title.text and memory.figure.data[1].y[-1] is None  # no RAM total line
+    gpu = MemoryReading("gpu", 2 * 2**30, 80 * 2**30, 10.0, "GPU memory (NVML, 1 device)")
+    memory.draw(Snapshot(t=2000.0, window_s=1, memory=gpu))
+    assert "GPU" in memory.figure.layout.title.text and memory.figure.data[1].y[-1] == 80.0

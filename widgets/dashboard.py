@@ -1,0 +1,90 @@
+"""`Dashboard(source)`: the four panels, a one-line summary and start/stop buttons, refreshed about once a
+second by a background thread (the kernel stays free; `stop()` ends the thread before it returns).
+
+    from widgets import Dashboard
+    dash = Dashboard(server)          # a labkit.serve handle, an LLM, a URL, or a labkit.monitor source
+    dash                              # shows it; it starts refreshing at once (start=False to wait)
+    dash.stop()
+"""
+from __future__ import annotations
+
+import html
+
+import ipywidgets as w
+
+from labkit import monitor
+
+from .panels import HISTORY, LatencyPanel, MemoryPanel, QueuePanel, ThroughputPanel
+
+
+def _fmt(value, scale: float = 1.0, unit: str = "", digits: int = 0) -> str:
+    return "–" if value is None else f"{value * scale:,.{digits}f}{unit}"
+
+
+class Dashboard(w.VBox):
+    def __init__(self, source, interval_s: float = 1.0, window_s: float = 30.0, history: int = HISTORY,
+                 start: bool = True):
+        self.source = monitor.source(source, window_s=window_s)
+        self.latency, self.throughput = LatencyPanel(history), ThroughputPanel(history)
+        self.queue, self.memory = QueuePanel(history), MemoryPanel(history)
+        self.panels = (self.latency, self.throughput, self.queue, self.memory)
+        self.summary = w.HTML("<i>not started</i>")
+        self.start_button = w.Button(description="Start", icon="play", button_style="success")
+        self.stop_button = w.Button(description="Stop", icon="stop")
+        self.start_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.last: monitor.Snapshot | None = None
+        self._watcher = monitor.Watcher(self.source, self.draw, interval_s, on_error=self._show_error)
+        super().__init__([
+            w.HBox([self.start_button, self.stop_button, self.summary]),
+            w.HBox([self.latency.figure, self.throughput.figure]),
+            w.HBox([self.queue.figure, self.memory.figure]),
+        ])
+        self._buttons()
+        if start:
+            self.start()
+
+    # ---- controls ----
+    @property
+    def running(self) -> bool:
+        return self._watcher.running
+
+    def start(self) -> Dashboard:
+        self._watcher.start()
+        self._buttons()
+        return self
+
+    def stop(self) -> None:
+        """Stop refreshing; the thread has ended when this returns. `start()` resumes."""
+        self._watcher.stop()
+        self._buttons()
+
+    def close(self) -> None:
+        self.stop()
+        self.source.close()
+        super().close()
+
+    def refresh(self) -> monitor.Snapshot | None:
+        """One read and redraw now, on the caller's thread."""
+        return self._watcher.tick()
+
+    # ---- drawing ----
+    def draw(self, snapshot: monitor.Snapshot) -> None:
+        self.last = snapshot
+        for panel in self.panels:
+            panel.draw(snapshot)
+        s = snapshot
+        self.summary.value = (
+            f"<b>{html.escape(s.source)}</b> · last {s.window_s:.0f} s: {_fmt(s.requests_per_s, digits=2)} req/s, "
+            f"{_fmt(s.tokens_per_s, digits=1)} tok/s, e2e p99 {_fmt(s.latency.p99, 1000, ' ms')}, "
+            f"TTFT p99 {_fmt(s.ttft.p99, 1000, ' ms')}, batch {_fmt(s.batch_size, digits=1)} · now "
+            f"{_fmt(s.running)} running, {_fmt(s.waiting)} waiting, KV {_fmt(s.kv_usage, 100, '%')}"
+            + (f", {_fmt(s.replicas)} replicas" if s.replicas is not None else "")
+            + f" · {s.requests_total} requests in all")
+
+    def _show_error(self, error: Exception) -> None:
+        self.summary.value = f"<span style='color:#b00'>cannot read the source: {html.escape(str(error))}</span>"
+
+    def _buttons(self) -> None:
+        running = self.running
+        self.start_button.disabled, self.stop_button.disabled = running, not running
