@@ -135,15 +135,16 @@ class Router:
             return await _respond(send, 404, error_body(
                 404, f"The model '{fields.get('model')}' is not served here; models: {', '.join(known)}.",
                 "model_not_found"))
+        if fields.get("model") == pool_name and pool_name not in self._model_ids.get(pool_name, ()):
+            del fields["model"]  # the pool's own name: each replica serves it as its default model
+            body = json.dumps(fields).encode()
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        disconnected = asyncio.Event()
 
         async def watch():
             while (await receive())["type"] != "http.disconnect":
                 pass
-            disconnected.set()
 
-        watcher = asyncio.create_task(watch())
+        watcher = asyncio.create_task(watch())  # a client gone is noticed at once, even while waiting
         pump = asyncio.create_task(self._dispatch(scope["path"], body, fields, headers, self.pools[pool_name], send))
         try:
             await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)

@@ -63,12 +63,12 @@ class LoadPattern:
                     break
                 times.append(t)
             return times
-        times, area, dt, t = [], 0.0, 1e-3, 0.0
-        while t < self.duration_s:  # a request each time the integral of the rate passes a whole number
+        times, area, dt = [], 0.0, 1e-3
+        for k in range(int(self.duration_s / dt)):  # a request each time the integral of the rate passes a whole number
+            t = (k + 0.5) * dt
             area += self.rate_at(t) * dt
-            t += dt
-            if area >= len(times) + 1:
-                times.append(t)
+            if area >= len(times) + 1 - 1e-9:
+                times.append(round(t, 6))
         return times
 
 
