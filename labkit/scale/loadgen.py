@@ -139,6 +139,7 @@ class LoadRun:
         self._request, self._timeout, self._headers, self._on_result = request, timeout_s, headers or {}, on_result
         self._gate_size, self._rng = max_in_flight, random.Random(patterns[0].seed if patterns else 0)
         self._done = threading.Event()
+        self._stopped = threading.Event()
         self._wall = 0.0
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="labkit-load", daemon=True)
         self._thread.start()
@@ -146,6 +147,10 @@ class LoadRun:
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    def stop(self) -> None:
+        """Send nothing more; requests already sent still finish (see `wait`)."""
+        self._stopped.set()
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -163,6 +168,8 @@ class LoadRun:
                 delay = self.t0 + due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                if self._stopped.is_set():
+                    break
                 path, body = self._request(index, self._rng)
                 tasks.append(asyncio.create_task(self._one(client, gate, index, due, path, body)))
             await asyncio.gather(*tasks)
@@ -177,7 +184,10 @@ class LoadRun:
                 async with asyncio.timeout(self._timeout):
                     async with client.stream("POST", self.url + path, json=body, headers=self._headers) as response:
                         status, replica = response.status_code, response.headers.get("x-labkit-replica")
-                        if body.get("stream"):
+                        if status != 200:
+                            await response.aread()
+                            error = _error_message(response)
+                        elif body.get("stream"):
                             async for line in response.aiter_lines():
                                 if line.startswith("data:") and ttft is None:
                                     ttft = time.monotonic() - sent
@@ -185,8 +195,6 @@ class LoadRun:
                                     error = json.loads(line[5:])["error"].get("message", "stream error")
                         else:
                             await response.aread()
-                            if status != 200:
-                                error = _error_message(response)
             except TimeoutError:
                 error = f"timed out after {self._timeout:g} s"
             except httpx.HTTPError as err:
