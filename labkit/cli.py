@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Show library versions, GPUs through NVML when present, else the CPU.")
     info.set_defaults(run=cmd_info)
     add_serve_commands(commands)
+    add_up_command(commands)
     add_optimize_commands(commands)
     from .bench.engine_bench import add_engine_bench_command
 
@@ -293,6 +294,88 @@ def add_serve_commands(commands) -> None:
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     demo.set_defaults(run=cmd_demo)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    from .config import RouterConfig, ScaleConfig
+    from .route import POLICIES
+    from .scale import up
+
+    autoscaled = args.min_replicas is not None or args.max_replicas is not None
+    if autoscaled and args.replicas is not None:
+        raise ValueError("give either --replicas N (a fixed pool) or --min-replicas/--max-replicas (autoscaled)")
+    if args.policy not in POLICIES:
+        raise ValueError(f"unknown policy {args.policy!r}; choose one of: {', '.join(POLICIES)}")
+    low = args.min_replicas if args.min_replicas is not None else 1
+    scale = ScaleConfig(min_replicas=args.replicas or low,
+                        max_replicas=args.replicas or (args.max_replicas if args.max_replicas is not None else max(low, 4)),
+                        target_ongoing_requests=args.target_ongoing_requests, upscale_delay_s=args.upscale_delay,
+                        downscale_delay_s=args.downscale_delay, latency_slo_p99_s=args.slo_p99,
+                        threads_per_replica=args.threads_per_replica)
+    router = RouterConfig(host=args.host, port=args.port, policy=args.policy,
+                          max_outstanding_per_replica=args.max_outstanding)
+    serve_args = ["--device", args.device, "--dtype", args.dtype]
+    if args.max_num_seqs:
+        serve_args += ["--max-num-seqs", str(args.max_num_seqs)]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"labkit: starting {scale.min_replicas} replica(s) of {args.model} ...", file=sys.stderr, flush=True)
+    lab = up(args.model, encoder=None if args.encoder.lower() == "none" else args.encoder, scale=scale,
+             router=router, port=args.port, host=args.host, policy=args.policy, serve_args=serve_args,
+             **({"min_replicas": scale.min_replicas, "max_replicas": scale.max_replicas} if autoscaled
+                else {"replicas": scale.min_replicas}))
+    mode = (f"autoscaling {scale.min_replicas}-{scale.max_replicas} at {scale.target_ongoing_requests:g} in flight "
+            f"per replica" if autoscaled else "fixed pool")
+    print(f"labkit: routing to {len(lab.pool.ready())} replica(s) of {args.model} on {lab.url} (policy {args.policy}, "
+          f"{mode}; /metrics has labkit:replicas; Ctrl-C to stop)", flush=True)
+    if autoscaled:
+        lab.bus.subscribe(lambda e: print(f"labkit: scale {e.current} -> {e.desired} ({e.reason})", flush=True),
+                          __import__("labkit.monitor.events", fromlist=["ScaleDecision"]).ScaleDecision)
+    try:
+        stop.wait()
+    finally:
+        lab.stop()
+    print("labkit: router and replicas stopped", flush=True)
+
+
+def add_up_command(commands) -> None:
+    """`labkit up`: router + replicas (+ autoscaler)."""
+    from .config import RouterConfig, ScaleConfig
+
+    up = commands.add_parser("up", help="router + replicas: a fixed pool (--replicas) or autoscaled (--min/--max)",
+                             description="Start replicas of MODEL (each a `labkit serve` process with its share of "
+                                         "the cores) behind an OpenAI-compatible router. --replicas N keeps N; "
+                                         "--min-replicas A --max-replicas B lets the autoscaler follow the load. "
+                                         "Ctrl-C or SIGTERM drains and stops everything.")
+    add_model_flags(up)
+    up.add_argument("--encoder", default="none", help="encoder each replica also serves for /v1/embeddings "
+                                                      "(default none)")
+    up.add_argument("--replicas", type=positive_int, default=None, help="a fixed pool of N replicas (default 1)")
+    up.add_argument("--min-replicas", type=positive_int, default=None, help="autoscale: fewest replicas")
+    up.add_argument("--max-replicas", type=positive_int, default=None, help="autoscale: most replicas")
+    up.add_argument("--policy", default=RouterConfig.policy, help="routing policy: round_robin, least_outstanding, "
+                                                                  f"power_of_two, prefix_affinity (default "
+                                                                  f"{RouterConfig.policy})")
+    up.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="router port (default 8000; 0 picks a free one)")
+    up.add_argument("--max-outstanding", type=positive_int, default=RouterConfig.max_outstanding_per_replica,
+                    help=f"in-flight requests per replica before 429 (default {RouterConfig.max_outstanding_per_replica})")
+    up.add_argument("--target-ongoing-requests", type=float, default=ScaleConfig.target_ongoing_requests,
+                    help=f"autoscale: in-flight requests per replica to aim for (default "
+                         f"{ScaleConfig.target_ongoing_requests:g})")
+    up.add_argument("--upscale-delay", type=non_negative_float, default=ScaleConfig.upscale_delay_s,
+                    help=f"autoscale: seconds of sustained demand before adding (default {ScaleConfig.upscale_delay_s:g})")
+    up.add_argument("--downscale-delay", type=non_negative_float, default=ScaleConfig.downscale_delay_s,
+                    help=f"autoscale: seconds of low demand before removing (default {ScaleConfig.downscale_delay_s:g})")
+    up.add_argument("--slo-p99", type=float, default=None, help="autoscale: p99 latency SLO in seconds (optional)")
+    up.add_argument("--threads-per-replica", type=positive_int, default=None,
+                    help="torch threads per replica (default: the cores split evenly)")
+    up.add_argument("--max-num-seqs", type=positive_int, default=None, help="each replica's running batch size")
+    up.set_defaults(run=cmd_up)
 
 
 def cmd_bench_optimize(args: argparse.Namespace) -> None:

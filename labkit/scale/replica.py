@@ -212,7 +212,7 @@ class ReplicaPool:
                     self.replaced += 1
                 if replica.ready_at is None and replica.state < ReplicaState.DRAINING:
                     self.failed_starts += 1
-                    self.last_failure = f"{replica.name} {replica.exit_reason}: {replica.log_tail(2)}"
+                    self.last_failure = f"{replica.name} {replica.exit_reason}: " + replica.log_tail(2).replace("\n", " | ")
                     self._spawn_not_before = now + min(10.0, 0.25 * 2 ** self.failed_starts)
                 self._retire(replica)
             elif replica.state == ReplicaState.STARTING:
