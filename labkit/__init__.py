@@ -25,6 +25,9 @@ from .engine import LLM, AsyncLLM, RequestOutput, SamplingParams  # noqa: E402
 from .bench.engine_bench import bench_engine  # noqa: E402
 
 __all__ += ["AsyncLLM", "EngineConfig", "LLM", "RequestOutput", "SamplingParams", "bench_engine"]
+from . import monitor  # noqa: E402  (labkit.monitor.source(server or url), labkit.monitor.Snapshot, ...)
+
+__all__ += ["monitor"]
 from .config import RouterConfig, ScaleConfig  # noqa: E402
 from .route import POLICIES, Router, RouterHandle, StaticPool, route  # noqa: E402
 from .scale import Autoscaler, Deployment, LoadPattern, ReplicaPool, run_load, start_load, up  # noqa: E402

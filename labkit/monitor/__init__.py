@@ -9,9 +9,10 @@ from .devices import CpuReading, DeviceProbe, GpuReading, MemoryReading, cpu_rea
 from .events import EventBus, QueueDepth, ReplicaCount, RequestFinished, ScaleDecision, StepStats
 from .metrics import ServingMetrics
 from .sources import LocalSource, RemoteSource, Source, Watcher, source
+from .console import format_snapshot
 from .stats import RollingStats, Snapshot, Summary
 
 __all__ = ["CpuReading", "DeviceProbe", "EventBus", "GpuReading", "LocalSource", "MemoryReading", "QueueDepth",
            "RemoteSource", "ReplicaCount", "RequestFinished", "RollingStats", "ScaleDecision", "ServingMetrics",
-           "Snapshot", "Source", "StepStats", "Summary", "Watcher", "cpu_reading", "gpu_readings", "nvml_available",
+           "Snapshot", "Source", "StepStats", "Summary", "Watcher", "cpu_reading", "format_snapshot", "gpu_readings", "nvml_available",
            "source"]

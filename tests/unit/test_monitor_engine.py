@@ -61,3 +61,14 @@ def test_local_source_reads_an_llm(tiny):
         assert not llm.bus.has_subscribers
     assert snap.requests_total == 5 and snap.tokens_total == 20 and snap.latency.count == 5
     assert snap.tokens_per_s > 0 and snap.ttft.p99 >= snap.ttft.p50 > 0 and snap.memory is not None
+
+
+def test_bench_monitor_runs_both_sides_and_reports_the_ratio(tiny_model_dirs):
+    from labkit.bench.monitor_bench import bench_monitor, format_report
+
+    report = bench_monitor(tiny_model_dirs["llama"], requests=2, rounds=1, dtype="float32", log=lambda _: None)
+    on, off = report["systems"]["monitor-on"], report["systems"]["monitor-off"]
+    assert len(on["runs"]) == len(off["runs"]) == 1 and min(on["runs"] + off["runs"]) > 0
+    assert report["ratios"]["on_vs_off"] == pytest.approx(on["output_tokens_per_s"] / off["output_tokens_per_s"],
+                                                         rel=1e-2)
+    assert report["publish_cost"]["step_us"] > 0 and "overhead" in format_report(report)
