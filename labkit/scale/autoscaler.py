@@ -101,6 +101,7 @@ class Autoscaler:
         self.config = config or pool.config
         self.bus = bus or getattr(router, "bus", None) or EventBus()
         self.history: list[Signals] = []
+        self.last: Signals | None = None  # the latest sample (for live plots)
         self.decisions: list[ScaleDecision] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -117,7 +118,7 @@ class Autoscaler:
 
     def tick(self, now: float | None = None) -> int:
         """Take one sample, decide, and resize the pool if the decision differs. Returns the decision."""
-        signals = self.sample(now)
+        signals = self.last = self.sample(now)
         self.history = [s for s in self.history if s.replicas == signals.replicas and
                         s.t >= signals.t - 2 * max(self.config.upscale_delay_s, self.config.downscale_delay_s) - 1]
         self.history.append(signals)

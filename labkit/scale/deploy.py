@@ -8,6 +8,7 @@ and scale steps in one call (and what `labkit up` runs).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from ..config import RouterConfig, ScaleConfig
@@ -28,6 +29,12 @@ class Deployment:
     @property
     def url(self) -> str:
         return self.handle.url
+
+    def snapshot(self) -> dict:
+        """What a live plot shows: replicas ready and wanted, requests in flight and waiting (queue depth)."""
+        last = self.autoscaler.last if self.autoscaler is not None else None
+        return {"t": time.monotonic(), "ready": len(self.pool.ready()), "desired": self.pool.target,
+                "in_flight": self.router.in_flight(), "waiting": last.waiting if last else 0.0}
 
     def stop(self) -> None:
         """Stop the autoscaler, then the router, then drain and stop every replica."""

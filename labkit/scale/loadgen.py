@@ -82,6 +82,7 @@ class RequestResult:
     ttft_s: float | None = None  # streamed requests: until the first token event
     replica: str | None = None  # the router's X-Labkit-Replica header
     error: str | None = None
+    tag: str | None = None  # the third item of what the request maker returned, if any (e.g. "short"/"long")
 
     @property
     def ok(self) -> bool:
@@ -97,11 +98,13 @@ class LoadResult:
     def __init__(self, url: str, results: list[RequestResult], wall_s: float):
         self.url, self.results, self.wall_s = url, sorted(results, key=lambda r: r.index), wall_s
 
-    def summary(self) -> dict:
-        ok = [r for r in self.results if r.ok]
+    def summary(self, tag: str | None = None) -> dict:
+        """Counts and percentiles, over every request or over those with `tag`."""
+        results = [r for r in self.results if tag is None or r.tag == tag]
+        ok = [r for r in results if r.ok]
         latencies = [r.latency_s for r in ok]
-        return {"requests": len(self.results), "ok": len(ok), "errors": len(self.results) - len(ok),
-                "statuses": dict(Counter(r.status for r in self.results)),
+        return {"requests": len(results), "ok": len(ok), "errors": len(results) - len(ok),
+                "statuses": dict(Counter(r.status for r in results)),
                 "latency_p50_s": _quantile(latencies, 0.5), "latency_p99_s": _quantile(latencies, 0.99),
                 "ttft_p50_s": _quantile([r.ttft_s for r in ok if r.ttft_s is not None], 0.5),
                 "requests_per_s": len(ok) / self.wall_s if self.wall_s else 0.0,
@@ -117,7 +120,7 @@ class LoadResult:
         return f"LoadResult({self.url}: {s['ok']}/{s['requests']} ok, p50 {p50} s)"
 
 
-RequestMaker = Callable[[int, random.Random], tuple[str, dict]]
+RequestMaker = Callable[[int, random.Random], tuple]  # (path, body) or (path, body, tag)
 
 
 def default_request(i: int, rng: random.Random) -> tuple[str, dict]:
@@ -170,13 +173,13 @@ class LoadRun:
                     await asyncio.sleep(delay)
                 if self._stopped.is_set():
                     break
-                path, body = self._request(index, self._rng)
-                tasks.append(asyncio.create_task(self._one(client, gate, index, due, path, body)))
+                path, body, *tag = self._request(index, self._rng)
+                tasks.append(asyncio.create_task(self._one(client, gate, index, due, path, body, *tag)))
             await asyncio.gather(*tasks)
         self._wall = time.monotonic() - self.t0
         self._done.set()
 
-    async def _one(self, client, gate, index, due, path, body):
+    async def _one(self, client, gate, index, due, path, body, tag=None):
         async with gate:
             sent = time.monotonic()
             status, ttft, replica, error = 0, None, None, None
@@ -199,7 +202,7 @@ class LoadRun:
                 error = f"timed out after {self._timeout:g} s"
             except httpx.HTTPError as err:
                 error = f"{type(err).__name__}: {err}"
-            result = RequestResult(index, due, sent - self.t0, time.monotonic() - sent, status, ttft, replica, error)
+            result = RequestResult(index, due, sent - self.t0, time.monotonic() - sent, status, ttft, replica, error, tag)
             self.results.append(result)
             if self._on_result is not None:
                 self._on_result(result)
