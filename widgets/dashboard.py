@@ -4,6 +4,7 @@ second by a background thread (the kernel stays free; `stop()` ends the thread b
     from widgets import Dashboard
     dash = Dashboard(server)          # a labkit.serve handle, an LLM, a URL, or a labkit.monitor source
     dash                              # shows it; it starts refreshing at once (start=False to wait)
+                                      # statistics over the last window_s=10 s: short, so the panels react fast
     dash.stop()
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _fmt(value, scale: float = 1.0, unit: str = "", digits: int = 0) -> str:
 
 
 class Dashboard(w.VBox):
-    def __init__(self, source, interval_s: float = 1.0, window_s: float = 30.0, history: int = HISTORY,
+    def __init__(self, source, interval_s: float = 1.0, window_s: float = 10.0, history: int = HISTORY,
                  start: bool = True):
         self.source = monitor.source(source, window_s=window_s)
         self.latency, self.throughput = LatencyPanel(history), ThroughputPanel(history)

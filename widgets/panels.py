@@ -25,12 +25,12 @@ class Panel:
     yaxis = ""
     traces: tuple[str, ...] = ()
 
-    def __init__(self, history: int = HISTORY, height: int = 260):
+    def __init__(self, history: int = HISTORY, height: int = 260, width: int = 540):
         self.history = history
         self.figure = go.FigureWidget(
             data=[go.Scatter(x=[], y=[], mode="lines+markers", name=name, marker={"size": 4}) for name in self.traces],
-            layout=go.Layout(title={"text": self.title, "font": {"size": 14}}, height=height,
-                             margin={"l": 50, "r": 10, "t": 40, "b": 30}, yaxis={"title": self.yaxis},
+            layout=go.Layout(title={"text": self.title, "font": {"size": 14}}, height=height, width=width,
+                             margin={"l": 50, "r": 50, "t": 40, "b": 30}, yaxis={"title": self.yaxis},
                              legend={"orientation": "h", "y": -0.2}, template="plotly_white"))
 
     def values(self, snapshot: Snapshot) -> tuple[float | None, ...]:
@@ -82,7 +82,8 @@ class QueuePanel(Panel):
     def __init__(self, history: int = HISTORY, height: int = 260):
         super().__init__(history, height)
         self.figure.data[2].yaxis = "y2"
-        self.figure.layout.yaxis2 = {"title": "KV %", "overlaying": "y", "side": "right", "range": [0, 100]}
+        self.figure.layout.yaxis2 = {"title": "KV %", "overlaying": "y", "side": "right", "range": [0, 100],
+                                     "tickvals": [0, 25, 50, 75, 100], "showgrid": False}
 
     def values(self, s: Snapshot):
         return s.running, s.waiting, None if s.kv_usage is None else 100.0 * s.kv_usage

@@ -46,14 +46,17 @@ def publish_cost_us(events: int = 20_000) -> dict:
 
 
 def bench_monitor(model: str = "smollm2-135m-instruct", requests: int = 32, rounds: int = 3, seed: int = 0,
-                  dtype: str = "bfloat16", log=print) -> dict:
+                  dtype: str = "bfloat16", output_tokens: tuple[int, int] = (16, 128), cost_events: int = 20_000,
+                  log=print) -> dict:
     from ..engine import LLM, SamplingParams
     from ..models import load_model
     from ..monitor import LocalSource, ServingMetrics, Watcher
     from .engine_bench import machine
 
     loaded = load_model(model, device="cpu", dtype=dtype, progress=False)
-    chats, lengths = zip(*EngineWorkload(num_requests=requests, seed=seed).requests())
+    workload = EngineWorkload(num_requests=requests, min_output_tokens=output_tokens[0],
+                              max_output_tokens=output_tokens[1], seed=seed)
+    chats, lengths = zip(*workload.requests())
     params = [SamplingParams(temperature=0, max_tokens=n, min_tokens=n, ignore_eos=True) for n in lengths]
     log(f"workload: {requests} chat requests, {sum(lengths)} output tokens, {loaded.name} {dtype}; "
         f"{rounds} rounds of (off, on) alternating")
@@ -61,7 +64,7 @@ def bench_monitor(model: str = "smollm2-135m-instruct", requests: int = 32, roun
     per_cpu_s: dict[str, list[float]] = {"off": [], "on": []}
     load: list[float] = []
     accounted: list[float] = []  # per "on" run: the monitor's measured work as a share of the run's wall time
-    cost = publish_cost_us()
+    cost = publish_cost_us(cost_events)
     with LLM(loaded.model, loaded.tokenizer, EngineConfig()) as llm:
         _run(llm, list(chats), params)  # warm-up: one whole untimed run, so neither side pays for first shapes
         for index in range(rounds):

@@ -66,7 +66,8 @@ def test_local_source_reads_an_llm(tiny):
 def test_bench_monitor_runs_both_sides_and_reports_the_ratio(tiny_model_dirs):
     from labkit.bench.monitor_bench import bench_monitor, format_report
 
-    report = bench_monitor(tiny_model_dirs["llama"], requests=2, rounds=1, dtype="float32", log=lambda _: None)
+    report = bench_monitor(tiny_model_dirs["llama"], requests=2, rounds=1, dtype="float32",
+                           output_tokens=(4, 8), cost_events=500, log=lambda _: None)
     on, off = report["systems"]["monitor-on"], report["systems"]["monitor-off"]
     assert len(on["runs"]) == len(off["runs"]) == 1 and min(on["runs"] + off["runs"]) > 0
     assert report["ratios"]["on_vs_off"] == pytest.approx(on["output_tokens_per_s"] / off["output_tokens_per_s"],
