@@ -25,6 +25,7 @@ def _fmt(value, scale: float = 1.0, unit: str = "", digits: int = 0) -> str:
 class Dashboard(w.VBox):
     def __init__(self, source, interval_s: float = 1.0, window_s: float = 10.0, history: int = HISTORY,
                  start: bool = True):
+        self._owns_source = not callable(getattr(source, "read", None))  # one it built: closed with it
         self.source = monitor.source(source, window_s=window_s)
         self.latency, self.throughput = LatencyPanel(history), ThroughputPanel(history)
         self.queue, self.memory = QueuePanel(history), MemoryPanel(history)
@@ -62,7 +63,8 @@ class Dashboard(w.VBox):
 
     def close(self) -> None:
         self.stop()
-        self.source.close()
+        if self._owns_source:
+            self.source.close()
         super().close()
 
     def refresh(self) -> monitor.Snapshot | None:

@@ -26,6 +26,11 @@ def test_figure_data_grows_after_traffic(tiny):
         llm.generate(["a", "b", "c"], SamplingParams(max_tokens=6, ignore_eos=True))
         dash.refresh()
         dash.close()
+        assert not llm.bus.has_subscribers  # the source it built is closed with it
+        mine = labkit.monitor.source(llm)
+        Dashboard(mine, start=False).close()
+        assert llm.bus.has_subscribers  # a source it was given stays the caller's
+        mine.close()
     latency, throughput = dash.latency.figure.data, dash.throughput.figure.data
     assert len(latency[0].x) == 2 and latency[0].y[0] is None and latency[0].y[1] > 0  # e2e mean after traffic
     assert throughput[0].name == "tokens/s" and throughput[0].y[1] > 0
