@@ -297,6 +297,7 @@ def add_serve_commands(commands) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
+    import importlib.util
     import signal
     import threading
 
@@ -320,10 +321,24 @@ def cmd_up(args: argparse.Namespace) -> None:
     serve_args = ["--device", args.device, "--dtype", args.dtype]
     if args.max_num_seqs:
         serve_args += ["--max-num-seqs", str(args.max_num_seqs)]
+    if args.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise OSError("--backend ray needs ray[serve], the optional 'ray' extra: pip install -e '.[ray]'")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print(f"labkit: starting {scale.min_replicas} replica(s) of {args.model} ...", file=sys.stderr, flush=True)
+    if args.backend == "ray":  # the same replica app, on Ray Serve's router and autoscaler
+        from .scale.ray_backend import up_on_ray
+
+        lab = up_on_ray(args.model, scale=scale, router=router, device=args.device, dtype=args.dtype,
+                        engine_options={"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else None)
+        print(f"labkit: Ray Serve runs {args.model} on {lab.url} ({scale.min_replicas}-{scale.max_replicas} "
+              f"replicas; Ctrl-C to stop)", flush=True)
+        try:
+            stop.wait()
+        finally:
+            lab.stop()
+        return
     lab = up(args.model, encoder=None if args.encoder.lower() == "none" else args.encoder, scale=scale,
              router=router, port=args.port, host=args.host, policy=args.policy, serve_args=serve_args,
              **({"min_replicas": scale.min_replicas, "max_replicas": scale.max_replicas} if autoscaled
@@ -375,6 +390,9 @@ def add_up_command(commands) -> None:
     up.add_argument("--threads-per-replica", type=positive_int, default=None,
                     help="torch threads per replica (default: the cores split evenly)")
     up.add_argument("--max-num-seqs", type=positive_int, default=None, help="each replica's running batch size")
+    up.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local: replica processes on this machine (default); ray: the same replicas as a Ray Serve "
+                         "deployment, on a local Ray instance or a cluster (needs the 'ray' extra)")
     up.set_defaults(run=cmd_up)
 
 
