@@ -191,11 +191,16 @@ class LoadRun:
                             await response.aread()
                             error = _error_message(response)
                         elif body.get("stream"):
+                            done = False
                             async for line in response.aiter_lines():
                                 if line.startswith("data:") and ttft is None:
                                     ttft = time.monotonic() - sent
                                 if line.startswith("data:") and '"error"' in line[:20]:
                                     error = json.loads(line[5:])["error"].get("message", "stream error")
+                                done = done or line.strip() == "data: [DONE]"
+                            if not done and error is None:
+                                error = "the stream ended without data: [DONE]"
+
                         else:
                             await response.aread()
             except TimeoutError:

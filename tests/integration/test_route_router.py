@@ -31,8 +31,13 @@ async def slow_upstream(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
+    fields = json.loads(body) if body else {}
+    if fields.get("die_mid_stream"):  # one event, then the connection drops as if the process died
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b'data: {"choices": []}\n\n', "more_body": True})
+        raise RuntimeError("replica died mid-stream")
     if scope["path"] == "/v1/completions":
-        await asyncio.sleep(json.loads(body).get("sleep", 0))
+        await asyncio.sleep(fields.get("sleep", 0))
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": b'{"ok": true}'})
 
@@ -157,6 +162,16 @@ def test_every_replica_full_is_a_429_with_retry_after(slow_url, client):
         assert time.monotonic() - started < 2  # refused at once, not queued behind the held requests
         assert [f.result().status_code for f in held] == [200] * 4
         assert client.post(router.url + "/v1/completions", json={"sleep": 0}).status_code == 200  # free again
+
+
+def test_a_replica_that_dies_mid_stream_ends_the_stream_with_an_error_event(slow_url, client):
+    with route([slow_url]) as router:
+        with client.stream("POST", router.url + "/v1/completions", json={"die_mid_stream": True, "stream": True}) as r:
+            assert r.status_code == 200
+            events = [line for line in r.iter_lines() if line.startswith("data:")]
+        assert events[0] == 'data: {"choices": []}'
+        assert json.loads(events[-1][5:])["error"]["code"] == "replica_failed"
+        assert router.router.in_flight() == 0
 
 
 def test_a_client_that_hangs_up_cancels_the_request_on_the_replica(servers, client):
