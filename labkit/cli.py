@@ -332,12 +332,15 @@ def cmd_up(args: argparse.Namespace) -> None:
 
         lab = up_on_ray(args.model, scale=scale, router=router, device=args.device, dtype=args.dtype,
                         engine_options={"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else None)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # ray.init installs its own handlers: ours again
+            signal.signal(sig, lambda *_: stop.set())
         print(f"labkit: Ray Serve runs {args.model} on {lab.url} ({scale.min_replicas}-{scale.max_replicas} "
               f"replicas; Ctrl-C to stop)", flush=True)
         try:
             stop.wait()
         finally:
             lab.stop()
+        print("labkit: Ray Serve deployment stopped", flush=True)
         return
     lab = up(args.model, encoder=None if args.encoder.lower() == "none" else args.encoder, scale=scale,
              router=router, port=args.port, host=args.host, policy=args.policy, serve_args=serve_args,
