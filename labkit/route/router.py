@@ -23,20 +23,13 @@ import httpx
 from ..config import RouterConfig
 from ..monitor.events import EventBus
 from ..monitor.metrics import CONTENT_TYPE, Counter, Gauge, Registry
+from .asgi import error_body, read_body as _read_body, respond as _respond
 from .policies import make_policy
 
 FORWARDED = (b"POST", {"/v1/completions", "/v1/chat/completions", "/v1/embeddings"})
 REQUEST_HEADERS = {"content-type", "authorization", "x-request-id", "accept"}
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "date", "server"}
 RETRYABLE_STATUS = {429, 503}
-
-
-def error_body(status: int, message: str, code: str) -> bytes:
-    kind = {429: "rate_limit_error", 404: "not_found_error", 504: "timeout_error"}.get(status, "service_unavailable"
-                                                                                     if status == 503 else "server_error")
-    if status == 400:
-        kind = "invalid_request_error"
-    return json.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}}).encode()
 
 
 class Router:
@@ -262,20 +255,3 @@ class Router:
             self._model_ids[name] = {c["id"] for c in cards}
             return cards
         return []
-
-
-async def _read_body(receive) -> bytes | None:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _respond(send, status: int, body: bytes, content_type: bytes = b"application/json", extra=()):
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]})
-    await send({"type": "http.response.body", "body": body})

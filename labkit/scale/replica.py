@@ -13,7 +13,6 @@ newest ones down to it. Every process is started by that one thread, so none out
 from __future__ import annotations
 
 import atexit
-import enum
 import itertools
 import os
 import re
@@ -23,58 +22,17 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from ..config import ScaleConfig
 from ..monitor.events import EventBus, ReplicaCount
+from .process import Replica, ReplicaState, default_threads
 
 _ANNOUNCE = re.compile(rb"serving .* on (http://\S+?) \(")
 HEALTH_MISSES = 3  # consecutive failed /health checks before a replica is replaced
 TICK_S = 0.05
-
-
-class ReplicaState(enum.IntEnum):
-    """Ordered: a replica only moves forward, and `state >= DRAINING` means it takes no new requests."""
-    STARTING = 0
-    READY = 1
-    DRAINING = 2
-    STOPPED = 3
-
-
-@dataclass(eq=False)
-class Replica:
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-    threads: int
-    started_at: float = field(default_factory=time.monotonic)
-    url: str | None = None
-    state: ReplicaState = ReplicaState.STARTING
-    ready_at: float | None = None
-    health_misses: int = 0
-    stop_deadline: float | None = None
-    exit_reason: str | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, lines: int = 5) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __repr__(self) -> str:
-        return f"Replica({self.name}, {self.state.name.lower()}, {self.url or 'no url yet'}, pid {self.pid})"
-
-
-def default_threads(replicas: int) -> int:
-    """Split the cores evenly between replicas, at least one thread each."""
-    return max(1, (os.cpu_count() or 1) // max(1, replicas))
 
 
 class ReplicaPool:
@@ -120,7 +78,11 @@ class ReplicaPool:
             self._thread = threading.Thread(target=self._supervise, name=f"labkit-pool-{self.name}", daemon=True)
             self._thread.start()
         if wait:
-            self.wait_ready(self.target, timeout or self.config.replica_start_timeout_s)
+            try:
+                self.wait_ready(self.target, timeout or self.config.replica_start_timeout_s)
+            except BaseException:  # not ready (or interrupted): leave nothing running behind
+                self.stop(timeout=5.0)
+                raise
         return self
 
     def wait_ready(self, count: int | None = None, timeout: float = 120.0) -> None:
