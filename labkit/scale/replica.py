@@ -16,6 +16,7 @@ import atexit
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,6 +140,8 @@ class ReplicaPool:
         self._ready = ()
         self._http.close()
         atexit.unregister(self._kill_all)
+        if self._owned_log_dir:  # the replicas' logs lived in a temp dir of our own
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def _kill_all(self) -> None:
         self._stop.set()
