@@ -98,9 +98,11 @@ class RouterConfig:
     connect_timeout_s: float = 2.0  # a replica that does not accept the connection in time counts as failed
     request_timeout_s: float = 300.0  # most seconds a forwarded request may take (504 after)
     affinity_prefix_chars: int = 256  # prefix_affinity: this much of the prompt picks the replica
+    max_body_bytes: int = 1 << 20  # larger bodies get 413 from the router itself
 
     def __post_init__(self) -> None:
         checks = {"port": 0 <= self.port < 65536, "max_outstanding_per_replica": self.max_outstanding_per_replica >= 1,
+                  "max_body_bytes": self.max_body_bytes >= 1,
                   "retry_after_s": self.retry_after_s >= 0, "connect_timeout_s": self.connect_timeout_s > 0,
                   "request_timeout_s": self.request_timeout_s > 0, "affinity_prefix_chars": self.affinity_prefix_chars >= 1}
         bad = [name for name, ok in checks.items() if not ok]

@@ -23,7 +23,7 @@ import httpx
 from ..config import RouterConfig
 from ..monitor.events import EventBus
 from ..monitor.metrics import CONTENT_TYPE, Counter, Gauge, Registry
-from .asgi import error_body, read_body as _read_body, respond as _respond
+from .asgi import BodyTooLarge, error_body, read_body as _read_body, respond as _respond
 from .policies import make_policy
 
 FORWARDED = (b"POST", {"/v1/completions", "/v1/chat/completions", "/v1/embeddings"})
@@ -113,7 +113,12 @@ class Router:
 
     # -- forwarding ------------------------------------------------------------------------------------
     async def _forward(self, scope, receive, send):
-        body = await _read_body(receive)
+        try:
+            body = await _read_body(receive, self.config.max_body_bytes)
+        except BodyTooLarge:
+            return await _respond(send, 413, error_body(
+                413, f"The request body is larger than the router's limit of {self.config.max_body_bytes} bytes.",
+                "body_too_large"))
         if body is None:
             return  # the client left before sending its body
         try:

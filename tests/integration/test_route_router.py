@@ -214,6 +214,19 @@ def test_router_metrics_count_requests_per_replica_and_policy(servers, client):
         metric(text, 'labkit:router_requests_total{replica="static-1",policy="least_outstanding"}') == 4
 
 
+def test_a_replica_slower_than_the_request_timeout_is_a_504(slow_url, client):
+    with route([slow_url], config=RouterConfig(request_timeout_s=0.5)) as router:
+        response = client.post(router.url + "/v1/completions", json={"sleep": 3})
+        assert response.status_code == 504 and response.json()["error"]["type"] == "timeout_error"
+        assert router.router.in_flight() == 0
+
+
+def test_a_body_over_the_limit_is_a_413_from_the_router(slow_url, client):
+    with route([slow_url], config=RouterConfig(max_body_bytes=1000)) as router:
+        response = client.post(router.url + "/v1/completions", json={"prompt": "x" * 2000})
+        assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+
+
 def test_bad_json_and_unknown_routes_get_openai_shaped_errors(servers, client):
     with route([servers[0].url]) as router:
         bad = client.post(router.url + "/v1/completions", content=b"{nope", headers={"content-type": "application/json"})
