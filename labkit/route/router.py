@@ -89,7 +89,8 @@ class Router:
         if method == b"GET" and path == "/metrics":
             return await _respond(send, 200, self.registry.render().encode(), CONTENT_TYPE.encode())
         if method == b"GET" and path == "/v1/models":
-            cards = [card for name in self.pools for card in await self._cards(name)]
+            auth = {k.decode(): v.decode() for k, v in scope["headers"] if k.lower() == b"authorization"}
+            cards = [card for name in self.pools for card in await self._cards(name, auth)]
             return await _respond(send, 200, json.dumps({"object": "list", "data": cards}).encode())
         await _respond(send, 404, error_body(404, f"No route {scope['method']} {path} here.", "not_found"))
 
@@ -127,7 +128,8 @@ class Router:
                 raise ValueError
         except ValueError:
             return await _respond(send, 400, error_body(400, "The body is not a JSON object.", "invalid_json"))
-        pool_name = await self._pool_for(fields.get("model"))
+        auth = {k.decode(): v.decode() for k, v in scope["headers"] if k.lower() == b"authorization"}
+        pool_name = await self._pool_for(fields.get("model"), auth)
         if pool_name is None:
             known = sorted({i for ids in self._model_ids.values() for i in ids} | set(self.pools))
             return await _respond(send, 404, error_body(
@@ -237,7 +239,7 @@ class Router:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- routing by model name -------------------------------------------------------------------------
-    async def _pool_for(self, model) -> str | None:
+    async def _pool_for(self, model, auth: dict) -> str | None:
         if model is None or len(self.pools) == 1:  # one pool: its replicas answer for their own model names
             return next(iter(self.pools))
         for name in self.pools:
@@ -245,15 +247,16 @@ class Router:
                 return name
         for name in self.pools:
             if name not in self._model_ids:
-                await self._cards(name)
+                await self._cards(name, auth)
                 if model in self._model_ids.get(name, ()):
                     return name
         return None
 
-    async def _cards(self, name: str) -> list[dict]:
+    async def _cards(self, name: str, auth: dict | None = None) -> list[dict]:
+        """The model cards of one pool, from its first replica that answers (with the client's key, if any)."""
         for replica in self.pools[name].ready():
             try:
-                response = await self.client.get(replica.url + "/v1/models", timeout=2.0)
+                response = await self.client.get(replica.url + "/v1/models", headers=auth, timeout=2.0)
                 cards = response.json()["data"]
             except (httpx.HTTPError, ValueError, KeyError):
                 continue

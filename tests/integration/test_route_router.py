@@ -232,3 +232,18 @@ def test_bad_json_and_unknown_routes_get_openai_shaped_errors(servers, client):
         bad = client.post(router.url + "/v1/completions", content=b"{nope", headers={"content-type": "application/json"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
         assert client.get(router.url + "/v2/nothing").status_code == 404
+
+
+def test_api_keys_pass_through_to_replicas_that_ask_for_one(tiny_model_dirs, client):
+    keyed = labkit.serve(tiny_model_dirs["gpt2"], device="cpu", dtype="float32",
+                         config=labkit.ServerConfig(api_key="sesame"))
+    try:
+        with route([keyed.url]) as router:
+            body = {"prompt": "hi", "max_tokens": 2}
+            assert client.post(router.url + "/v1/completions", json=body).status_code == 401
+            ok = client.post(router.url + "/v1/completions", json=body, headers={"Authorization": "Bearer sesame"})
+            assert ok.status_code == 200
+            models = client.get(router.url + "/v1/models", headers={"Authorization": "Bearer sesame"}).json()
+            assert [m["id"] for m in models["data"]] == [tiny_model_dirs["gpt2"]]
+    finally:
+        keyed.stop()
