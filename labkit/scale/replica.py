@@ -6,9 +6,10 @@ count by a `ReplicaPool`.
     pool.scale_to(3)        # the pool's supervisor starts one more; pool.stop() ends them all
 
 One supervisor thread reconciles the pool every 50 ms: it notices a process that exited at once (a replica
-that dies is replaced within a second), checks each ready replica's `/health` every `interval_s`
-(three misses in a row and it is killed and replaced), starts replicas up to the target and drains the
-newest ones down to it. Every process is started by that one thread, so none outlives the pool.
+that dies is replaced within a second), starts replicas up to the target and drains the newest ones down
+to it. A second thread does the HTTP: `/ready` of starting replicas, `/health` of ready ones every
+`interval_s` (three misses in a row and the replica is killed and replaced), so a slow replica never delays
+the first. Every process is started by the supervisor, and killed at exit if the pool was not stopped.
 """
 from __future__ import annotations
 
@@ -56,11 +57,12 @@ class ReplicaPool:
         self.target = replicas
         self._replicas: list[Replica] = []
         self._ready: tuple[Replica, ...] = ()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._numbers = itertools.count()
         self._stop = threading.Event()
         self._check = threading.Event()
         self._thread: threading.Thread | None = None
+        self._prober: threading.Thread | None = None
         self._owned_log_dir = log_dir is None
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix=f"labkit-{name}-"))
         self._http = httpx.Client(timeout=httpx.Timeout(1.0, connect=0.5))
@@ -77,7 +79,9 @@ class ReplicaPool:
         """Start the supervisor; with `wait`, return once `target` replicas are ready (OSError if not in time)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._supervise, name=f"labkit-pool-{self.name}", daemon=True)
+            self._prober = threading.Thread(target=self._probe, name=f"labkit-pool-{self.name}-health", daemon=True)
             self._thread.start()
+            self._prober.start()
         if wait:
             try:
                 self.wait_ready(self.target, timeout or self.config.replica_start_timeout_s)
@@ -125,8 +129,9 @@ class ReplicaPool:
     def stop(self, timeout: float = 15.0) -> None:
         """Drain every replica (SIGTERM: in-flight requests finish), kill what is left after `timeout`."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout + 5)
+        for thread in (self._thread, self._prober):
+            if thread is not None:
+                thread.join(timeout + 5)
         for replica in self.replicas():
             self._terminate(replica, grace_s=timeout)
         deadline = time.monotonic() + timeout
@@ -181,13 +186,9 @@ class ReplicaPool:
                     self._spawn_not_before = now + min(10.0, 0.25 * 2 ** self.failed_starts)
                 self._retire(replica)
             elif replica.state == ReplicaState.STARTING:
-                self._advance_starting(replica, now)
+                self._watch_starting(replica, now)
             elif replica.state == ReplicaState.DRAINING and replica.stop_deadline and now > replica.stop_deadline:
                 replica.process.kill()
-        if now >= self._next_health:
-            self._next_health = now + self.config.interval_s
-            for replica in self._ready:
-                self._check_health(replica)
         live = [r for r in self.replicas() if r.state < ReplicaState.DRAINING]
         if now >= self._spawn_not_before:
             for _ in range(self.target - len(live)):
@@ -212,20 +213,36 @@ class ReplicaPool:
         with self._lock:
             self._replicas.append(Replica(name, process, log_path, threads))
 
-    def _advance_starting(self, replica: Replica, now: float) -> None:
-        if replica.url is None:
+    def _watch_starting(self, replica: Replica, now: float) -> None:
+        if replica.url is None:  # the server prints its URL once it listens (it was started on port 0)
             try:
                 found = _ANNOUNCE.search(replica.log_path.read_bytes())
             except OSError:
                 found = None
             if found:
                 replica.url = found.group(1).decode()
-        if replica.url is not None and self._get_ok(replica.url + "/ready"):
-            replica.state, replica.ready_at = ReplicaState.READY, now
-            self.failed_starts = 0
-        elif now - replica.started_at > self.config.replica_start_timeout_s:
+        if now - replica.started_at > self.config.replica_start_timeout_s:
             replica.exit_reason = f"not ready after {self.config.replica_start_timeout_s:.0f} s"
             self._terminate(replica, grace_s=0.0)
+
+    def _probe(self) -> None:
+        """The HTTP side, in its own thread so a slow replica never delays noticing a dead one: /ready of
+        starting replicas every 0.1 s, /health of ready ones every `interval_s`."""
+        while not self._stop.wait(2 * TICK_S):
+            try:
+                for replica in self.replicas():
+                    if replica.state == ReplicaState.STARTING and replica.url and self._get_ok(replica.url + "/ready"):
+                        with self._lock:
+                            if replica.state == ReplicaState.STARTING:
+                                replica.state, replica.ready_at = ReplicaState.READY, time.monotonic()
+                                self.failed_starts = 0
+                        self._refresh_ready()
+                if time.monotonic() >= self._next_health:
+                    self._next_health = time.monotonic() + self.config.interval_s
+                    for replica in self._ready:
+                        self._check_health(replica)
+            except Exception as err:  # never let one bad probe end health checking
+                print(f"labkit: {self.name} health checks: {err!r}", file=sys.stderr)
 
     def _check_health(self, replica: Replica) -> None:
         if self._get_ok(replica.url + "/health"):
@@ -244,10 +261,11 @@ class ReplicaPool:
             return False
 
     def _terminate(self, replica: Replica, grace_s: float) -> None:
-        if replica.state >= ReplicaState.DRAINING:
-            return
-        replica.state = ReplicaState.DRAINING
-        replica.stop_deadline = time.monotonic() + grace_s
+        with self._lock:
+            if replica.state >= ReplicaState.DRAINING:
+                return
+            replica.state = ReplicaState.DRAINING
+            replica.stop_deadline = time.monotonic() + grace_s
         try:
             replica.process.send_signal(signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
         except ProcessLookupError:

@@ -99,7 +99,7 @@ def test_a_load_step_scales_up_within_the_delay_and_back_down_after(tiny_model_d
     lab.bus.subscribe(events.append, ScaleDecision, ReplicaCount)
     pids = [r.pid for r in lab.pool.replicas()]
     try:
-        body = {"prompt": "Load", "max_tokens": 100, "ignore_eos": True}
+        body = {"prompt": "Load", "max_tokens": 300, "ignore_eos": True}  # long enough to keep both replicas busy
         started = time.monotonic()
         run = start_load(lab.url, LoadPattern("constant", rate=5, duration_s=60),
                          request=lambda i, rng: ("/v1/completions", body), timeout_s=60)
