@@ -1,10 +1,12 @@
 """`AsyncLLM`: the engine for asyncio code (the server). Submit a request, `async for` its tokens, cancel it.
 
 The engine steps in one background thread, so the event loop never waits on a forward pass. New requests
-go through an inbox the thread drains between steps (submitting never blocks the loop). `abort` takes the
-engine lock, so it waits for at most the step in flight, and the request's KV pages are free when it
-returns. Closing the stream early (a client that disconnects) aborts the request: wrap it in
-`contextlib.aclosing` to close it at once, else it closes when garbage-collected.
+go through an inbox the thread drains between steps (submitting never blocks the loop). Aborts go through
+a second inbox that the thread serves before its next step, so an abort waits for at most the step in
+flight (taking the engine lock instead would let the stepping thread win it again and again), and the
+request's KV pages are free when `abort` returns. Closing the stream early (a client that disconnects)
+aborts the request without blocking the event loop: wrap it in `contextlib.aclosing` to close it at
+once, else it closes when garbage-collected.
 
     engine = AsyncLLM(load_model("smollm2-135m-instruct"))
     async for out in engine.generate("Hello", SamplingParams(max_tokens=32)):
@@ -13,6 +15,7 @@ returns. Closing the stream early (a client that disconnects) aborts the request
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import itertools
 import threading
@@ -35,7 +38,9 @@ class AsyncLLM:
         self.tokenizer = self._llm.tokenizer
         self._lock = threading.Lock()  # held while a step runs, and by abort
         self._wake = threading.Condition(threading.Lock())
-        self._inbox: deque = deque()  # (request_id, ids, params, prompt, queue, loop) waiting to enter the engine
+        self._inbox: deque = deque()  # (request_id, ids, params, prompt) waiting to enter the engine
+        self._aborts: deque = deque()  # (request_id, future) for the engine thread to serve before its next step
+        self._serving_aborts = False  # the engine thread is up and will serve _aborts (guarded by _wake)
         self._streams: dict[str, tuple[asyncio.Queue, asyncio.AbstractEventLoop]] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
@@ -46,6 +51,7 @@ class AsyncLLM:
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._stopping = False
+            self._serving_aborts = True
             self._thread = threading.Thread(target=self._run, name="labkit-engine", daemon=True)
             self._thread.start()
 
@@ -91,25 +97,46 @@ class AsyncLLM:
                 yield output
         finally:
             self._streams.pop(request_id, None)
-            if not finished:
-                self.abort(request_id)
+            if not finished:  # the event loop waits here without blocking; the engine frees the pages
+                await self.abort_async(request_id)
 
     def abort(self, request_id: str) -> bool:
-        """Cancel a request now; its pages are freed before this returns. False if it had already ended."""
-        with self._wake:  # still in the inbox: it never reached the engine
-            for entry in list(self._inbox):
+        """Cancel a request now; its pages are freed before this returns (it waits for at most the step in
+        flight). False if it had already ended."""
+        return self._request_abort(request_id).result()
+
+    async def abort_async(self, request_id: str) -> bool:
+        """`abort` for the event loop: the loop keeps running while the engine thread frees the pages."""
+        # Shielded: a caller cancelled while waiting must not cancel the engine's future (the abort goes on).
+        return await asyncio.shield(asyncio.wrap_future(self._request_abort(request_id)))
+
+    def _request_abort(self, request_id: str) -> concurrent.futures.Future:
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        with self._wake:
+            for entry in list(self._inbox):  # still in the inbox: it never reached the engine
                 if entry[0] == request_id:
                     self._inbox.remove(entry)
                     if self.bus.has_subscribers:  # it never reached the engine, which therefore cannot say so
                         self.bus.publish(RequestFinished("engine", finish_reason="abort", prompt_tokens=len(entry[1])))
                     self._deliver(RequestOutput(request_id, entry[3], entry[1], [], finished=True,
                                                 finish_reason="abort", text=""))
-                    return True
-        with self._lock:
-            output = self.engine.abort(request_id)
+                    done.set_result(True)
+                    return done
+            if self._serving_aborts:
+                self._aborts.append((request_id, done))
+                self._wake.notify()
+                return done
+        with self._lock:  # no engine thread: abort here
+            self._abort_now(request_id, done)
+        return done
+
+    def _abort_now(self, request_id: str, done: concurrent.futures.Future) -> None:
+        """With the engine lock held."""
+        output = self.engine.abort(request_id)
         if output is not None:
             self._deliver(output)
-        return output is not None
+        if not done.done():
+            done.set_result(output is not None)
 
     # ---- state, for /metrics and /health ----
     @property
@@ -140,13 +167,17 @@ class AsyncLLM:
         try:
             while True:
                 with self._wake:
-                    while not self._stopping and not self._inbox and not self.engine.has_unfinished_requests():
+                    while not (self._stopping or self._inbox or self._aborts
+                               or self.engine.has_unfinished_requests()):
                         self._wake.wait()
                     if self._stopping:
                         return
-                    arrivals = list(self._inbox)
+                    arrivals, aborts = list(self._inbox), list(self._aborts)
                     self._inbox.clear()
+                    self._aborts.clear()
                 with self._lock:
+                    for request_id, done in aborts:
+                        self._abort_now(request_id, done)
                     for request_id, ids, params, prompt in arrivals:
                         self.engine.add_request(ids, params, request_id=request_id, prompt=prompt)
                     outputs = self.engine.step()
@@ -156,6 +187,14 @@ class AsyncLLM:
             self.error = error
             for queue, loop in list(self._streams.values()):
                 loop.call_soon_threadsafe(queue.put_nowait, error)
+        finally:  # aborts asked for while the thread was leaving are served here, so no caller waits forever
+            with self._wake:
+                self._serving_aborts = False
+                pending = list(self._aborts)
+                self._aborts.clear()
+            with self._lock:
+                for request_id, done in pending:
+                    self._abort_now(request_id, done)
 
     def _deliver(self, output: RequestOutput) -> None:
         stream = self._streams.get(output.request_id)

@@ -52,6 +52,10 @@ class EngineBridge:
         """Cancel now: the KV pages are free when this returns (it waits for at most the step in flight)."""
         self.engine.abort(request_id)
 
+    async def abort_async(self, request_id: str) -> None:
+        """`abort` without blocking the event loop."""
+        await self.engine.abort_async(request_id)
+
     async def submit(self, request_id: str, prompt_ids: list[int], *, max_tokens: int, temperature: float,
                      top_p: float, top_k: int, seed: int | None, stop: tuple[str, ...] = (),
                      ignore_eos: bool = False, min_tokens: int = 0) -> AsyncIterator[Step]:

@@ -193,7 +193,7 @@ class GenerationJob:
         try:
             await self._outputs.aclose()  # a stream left early aborts its request: KV pages freed
         except RuntimeError:  # still being iterated by a task that is being cancelled
-            await asyncio.to_thread(self.service.engine.abort, self.engine_id)
+            await self.service.engine.abort_async(self.engine_id)
         if not self._engine_done:
             self.finish_reason = self.finish_reason or "abort"
         self.service.admission.release()

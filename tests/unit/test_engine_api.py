@@ -137,6 +137,44 @@ def test_async_engine_streams_tokens_and_abort_frees_pages_at_once(tiny):
         engine.engine.close()
 
 
+def test_abort_is_served_before_the_next_step_and_never_blocks_the_event_loop(tiny):
+    """The stepping thread must not win the engine again and again while an abort waits: an abort from
+    another thread lands within two steps (the one in flight and the next), whatever the step rate."""
+    model, tokenizer = tiny
+    engine = AsyncLLM(model, tokenizer, kv_cache_tokens=2048, page_size=16)
+
+    async def main():
+        params = SamplingParams(max_tokens=1500, ignore_eos=True)
+        stream = engine.generate([5, 6, 7], params, request_id="long")
+        await stream.__anext__()
+        for _ in range(20):  # many aborts of unknown ids, each waiting for the engine thread to serve it
+            before = len(engine.engine.steps)
+            assert await asyncio.to_thread(engine.abort, "nobody") is False
+            assert len(engine.engine.steps) - before <= 2
+        ticks = 0
+
+        async def ticker():  # the event loop keeps running while an abort is in progress
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        before = len(engine.engine.steps)
+        assert await engine.abort_async("long") is True
+        assert len(engine.engine.steps) - before <= 2 and engine.kv_usage == 0
+        task.cancel()
+        assert ticks > 0
+        rest = [out async for out in stream]
+        assert rest[-1].finish_reason == "abort"
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.stop()
+        engine.engine.close()
+
+
 def test_bf16_prepacked_weights_change_nothing_but_speed(tiny_model_dirs):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
