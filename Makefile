@@ -23,8 +23,9 @@ LAB_PORT ?= 8888
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
-# OpenMP threads sleep instead of spinning when idle: on a shared 2-core machine spinners starve the
-# other process (server vs client, replica vs replica). `import labkit` sets the same default.
+# OpenMP threads spin a bounded while between ops, then sleep: endless spinners starve another process on a
+# shared 2-core machine, instant sleepers slow every step. `import labkit` sets the same defaults.
+export GOMP_SPINCOUNT ?= 10000
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup lab serve demo test test-fast clean help

@@ -4,10 +4,10 @@ import os as _os
 # The lab runs offline by design: keep libraries from phoning home.
 _os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 _os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# OpenMP threads sleep between parallel regions instead of spinning. On a small shared CPU a spinning thread
-# that loses its core stalls every op behind it: measured here under load, 4x faster engine steps and
-# notebooks that run in 30 s instead of 8 min. Only takes effect if torch is not imported yet.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# A bounded spin for torch's OpenMP threads between ops (see openmp.py); before torch is imported.
+from .openmp import apply_openmp_defaults as _apply_openmp_defaults  # noqa: E402
+
+_apply_openmp_defaults(_os.environ)
 
 from .config import ModelConfig, ServerConfig  # noqa: E402
 from .generate import stream_generate  # noqa: E402

@@ -40,6 +40,7 @@ class EngineConfig:
     page_size: int = 64  # tokens per KV page: the unit requests grow by
     seed: int = 0  # seeds sampling for requests that bring no seed of their own
     prepack_weights: bool = True  # bfloat16 on CPU: linear weights reordered once for oneDNN (same results, +1x weights)
+    adapt_threads: bool = True  # on CPU: fewer torch threads while another process shares the cores (engine/threads.py)
 
     def __post_init__(self) -> None:
         if min(self.max_num_seqs, self.max_num_batched_tokens, self.page_size) < 1:

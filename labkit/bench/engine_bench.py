@@ -19,6 +19,7 @@ from importlib import metadata
 import torch
 
 from ..config import EngineConfig
+from ..openmp import apply_openmp_defaults
 from . import baselines, roofline
 from .engine_workload import EngineWorkload
 
@@ -38,6 +39,7 @@ def machine() -> dict:
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "torch": torch.__version__,
             "transformers": metadata.version("transformers"), "torch_threads": torch.get_num_threads(),
             "ld_preload": os.environ.get("LD_PRELOAD", ""), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
             "load_average_1m_at_start": round(os.getloadavg()[0], 2), "python": platform.python_version()}
 
 
@@ -72,7 +74,9 @@ def run_labkit(loaded, prompts, lengths, config: EngineConfig) -> tuple[baseline
     timings = [baselines.RequestTiming(len(o.token_ids), o.metrics.ttft_s, o.metrics.e2e_latency_s) for o in outs]
     extra = {"steps": len(steps), "kv_cache_bytes": engine_stats["kv_memory_bytes"],
              "kv_peak_usage": round(engine_stats["kv_peak_usage"], 3), "preemptions": engine_stats["num_preemptions"],
-             "peak_batch": max(len(s.requests) for s in steps)}
+             "peak_batch": max(len(s.requests) for s in steps),
+             "cpu_threads_at_end": engine_stats.get("cpu_threads"),  # the thread governor's choice (CPU only)
+             "cpu_thread_changes": engine_stats.get("cpu_thread_changes", 0)}
     return baselines.SystemRun(wall, timings, f"EngineConfig{_fields(config)}"), extra
 
 
@@ -165,12 +169,10 @@ TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/li
 
 
 def tuned_environment(environ: dict) -> dict:
-    """The process environment the benchmark runs in, the same for all four systems:
-    OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning between parallel regions, which on a
-    shared 2-core machine otherwise stalls every small op behind a descheduled spinner), and tcmalloc
-    preloaded when the system has it (Debian: libtcmalloc-minimal4), a faster allocator for torch on CPU."""
-    env = dict(environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """The process environment the benchmark runs in, the same for all four systems: labkit's OpenMP
+    defaults (set by `import labkit`: a bounded spin between ops), and tcmalloc preloaded when the system has
+    it (Debian: libtcmalloc-minimal4), a faster allocator for torch on CPU."""
+    env = apply_openmp_defaults(dict(environ))
     tcmalloc = next((path for path in TCMALLOC_PATHS if os.path.exists(path)), None)
     if tcmalloc and tcmalloc not in env.get("LD_PRELOAD", ""):
         env["LD_PRELOAD"] = ":".join(p for p in (tcmalloc, env.get("LD_PRELOAD")) if p)
@@ -182,7 +184,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> None:
     if args.tune and os.environ.get("LABKIT_BENCH_TUNED") != "1":
         # These settings only work from process start, so start again with them (same arguments).
         os.execve(sys.executable, [sys.executable, "-m", "labkit.cli", *sys.argv[1:]], tuned_environment(os.environ))
-    config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                          adapt_threads=args.adapt_threads)
     systems = tuple(args.systems.split(",")) if args.systems else SYSTEMS
     report = bench_engine(args.model, args.requests, args.seed, args.dtype, systems, config,
                           log=lambda line: print(line, file=sys.stderr))
@@ -213,8 +216,10 @@ def add_engine_bench_command(commands) -> None:
     engine.add_argument("--systems", default=None, help=f"comma-separated subset of {','.join(SYSTEMS)}")
     engine.add_argument("--max-num-seqs", type=int, default=32, help="labkit: most running requests")
     engine.add_argument("--max-num-batched-tokens", type=int, default=512, help="labkit: per-step token budget")
+    engine.add_argument("--no-adapt-threads", dest="adapt_threads", action="store_false",
+                        help="labkit: keep every torch thread even while another process shares the CPU")
     engine.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here")
     engine.add_argument("--no-tune", dest="tune", action="store_false",
-                        help="run in the environment as it is (default: restart with OMP_WAIT_POLICY=PASSIVE and "
+                        help="run in the environment as it is (default: restart with labkit's OpenMP defaults and "
                              "tcmalloc preloaded when present, the same for every system)")
     engine.set_defaults(run=cmd_bench_engine)

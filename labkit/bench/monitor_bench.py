@@ -159,5 +159,5 @@ def add_monitor_bench_command(commands) -> None:
     cmd.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights dtype")
     cmd.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here")
     cmd.add_argument("--no-tune", dest="tune", action="store_false",
-                     help="run in the environment as it is (default: OMP_WAIT_POLICY=PASSIVE, tcmalloc if present)")
+                     help="run in the environment as it is (default: labkit's OpenMP defaults, tcmalloc if present)")
     cmd.set_defaults(run=cmd_bench_monitor)

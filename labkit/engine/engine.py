@@ -19,6 +19,7 @@ from .request import Request
 from .sampler import Sampler
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
+from .threads import ThreadGovernor
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class LLMEngine:
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self.steps: deque[StepRecord] = deque(maxlen=max_logged_steps)
         self._ids = itertools.count()
+        on_cpu = self.runner.device.type == "cpu"
+        self.threads = ThreadGovernor() if self.config.adapt_threads and on_cpu else None
 
     def _max_model_len(self, model_config) -> int:
         limits = [self.runner.cache.capacity_tokens]
@@ -120,6 +123,8 @@ class LLMEngine:
         sampled = {item.request.request_id: token for item, token in zip(samplers, tokens)}
         changed = self.scheduler.update(plan, sampled)
         duration = time.perf_counter() - started
+        if self.threads is not None:
+            self.threads.after_step(duration, started + duration)
         self.steps.append(StepRecord(len(self.steps), started, duration,
                                      tuple((s.request.request_id, s.num_tokens) for s in plan.scheduled),
                                      len(plan.preempted)))
@@ -156,13 +161,17 @@ class LLMEngine:
 
     def stats(self) -> dict:
         """Queue lengths, preemptions and KV cache use (pages held, how full they are, bytes reserved)."""
-        return {**self.scheduler.stats(), "max_model_len": self.max_model_len, "num_steps": len(self.steps)}
+        threads = {} if self.threads is None else {"cpu_threads": self.threads.threads,
+                                                    "cpu_thread_changes": self.threads.changes}
+        return {**self.scheduler.stats(), "max_model_len": self.max_model_len, "num_steps": len(self.steps), **threads}
 
     def close(self) -> None:
-        """Abort what is left and give the model back its own attention."""
+        """Abort what is left, give the model back its own attention and the process its thread count."""
         for request in list(self.scheduler.running) + list(self.scheduler.waiting):
             self.scheduler.abort(request.request_id)
         self.runner.close()
+        if self.threads is not None:
+            self.threads.close()
 
 
 def _eos_token_ids(model, tokenizer) -> frozenset[int]:
