@@ -112,13 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="devices (NVML when present, else CPU) and versions",
                                description="Show library versions, GPUs through NVML when present, else the CPU.")
     info.set_defaults(run=cmd_info)
-    add_serve_commands(commands)
+    bench = commands.add_parser("bench", help="benchmarks: engine, serve, optimize, monitor",
+                                description="Benchmarks; see each subcommand.")
+    bench_commands = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    add_serve_commands(commands, bench_commands)
     add_up_command(commands)
-    add_optimize_commands(commands)
+    add_optimize_commands(bench_commands)
     from .bench.engine_bench import add_engine_bench_command
 
-    add_engine_bench_command(commands)
-    add_monitor_commands(commands)
+    add_engine_bench_command(bench_commands)
+    add_monitor_commands(commands, bench_commands)
     return parser
 
 
@@ -145,7 +148,7 @@ def cmd_monitor(args: argparse.Namespace) -> None:
         source.close()
 
 
-def add_monitor_commands(commands) -> None:
+def add_monitor_commands(commands, bench_commands) -> None:
     """`labkit monitor` and `labkit bench monitor`."""
     from .bench.monitor_bench import add_monitor_bench_command
 
@@ -163,7 +166,7 @@ def add_monitor_commands(commands) -> None:
     monitor.add_argument("--count", type=positive_int, default=None, help="stop after this many refreshes "
                                                                           "(default: until Ctrl-C)")
     monitor.set_defaults(run=cmd_monitor)
-    add_monitor_bench_command(commands)
+    add_monitor_bench_command(bench_commands)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -226,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 dtype=args.dtype, api_key=args.api_key)
 
 
-def add_serve_commands(commands) -> None:
+def add_serve_commands(commands, bench_commands) -> None:
     """`labkit serve`, `labkit bench serve` and `labkit demo`."""
     serve = commands.add_parser("serve", help="the OpenAI-compatible server (completions, chat, embeddings)",
                                 description="Serve an LLM (and an encoder for /v1/embeddings) over an OpenAI-"
@@ -258,11 +261,6 @@ def add_serve_commands(commands) -> None:
                        help="dynamic batcher: how long a text waits for others (default 5 ms)")
     serve.set_defaults(run=cmd_serve)
 
-    bench = commands.choices.get("bench")
-    if bench is None:
-        bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks; see each subcommand.")
-        bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    bench_commands = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
     load = bench_commands.add_parser("serve", help="load test of any OpenAI-compatible server",
                                      description="Stream N chat requests at most C at a time; report throughput, "
                                                  "TTFT, inter-token and end-to-end latency (mean, p50, p99), "
@@ -415,15 +413,10 @@ def cmd_bench_optimize(args: argparse.Namespace) -> None:
         print(f"labkit: wrote {args.json}", file=sys.stderr)
 
 
-def add_optimize_commands(commands) -> None:
+def add_optimize_commands(bench_commands) -> None:
     """`labkit bench optimize`, added to the `bench` group whoever created it first."""
     from .optimize import OPTIMIZERS
 
-    bench = commands.choices.get("bench")
-    if bench is None:
-        bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks; see each subcommand.")
-        bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    bench_commands = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
     optimize = bench_commands.add_parser(
         "optimize", help="quantized, exported and pruned variants of one model: speed, size, accuracy",
         description="Measure each optimization variant of MODEL against fp32 in one process: weight MB, load s, "

@@ -197,13 +197,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> None:
         raise SystemExit("labkit bench engine: a system did not produce the requested number of tokens")
 
 
-def add_engine_bench_command(commands) -> None:
-    """`labkit bench engine`, added to the `bench` group whoever created it first."""
-    bench = commands.choices.get("bench")
-    if bench is None:
-        bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks; see each subcommand.")
-        bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    bench_commands = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
+def add_engine_bench_command(bench_commands) -> None:
+    """`labkit bench engine`, added to the `bench` subcommands."""
     engine = bench_commands.add_parser(
         "engine", help="labkit's engine against HF generate (sequential, static batches) and HF continuous batching",
         description="Run one fixed workload (N chat requests, outputs of 16-128 tokens, greedy) through "

@@ -140,13 +140,8 @@ def cmd_bench_monitor(args: argparse.Namespace) -> None:
             json.dump(report, out, indent=2)
 
 
-def add_monitor_bench_command(commands) -> None:
-    """`labkit bench monitor`, added to the `bench` group whoever created it first."""
-    bench = commands.choices.get("bench")
-    if bench is None:
-        bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks; see each subcommand.")
-        bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    bench_commands = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
+def add_monitor_bench_command(bench_commands) -> None:
+    """`labkit bench monitor`, added to the `bench` subcommands."""
     cmd = bench_commands.add_parser(
         "monitor", help="engine tokens/s with and without monitoring, same process",
         description="Run the engine workload alternately with monitoring off (nobody subscribed) and on (rolling "
