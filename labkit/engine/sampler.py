@@ -1,9 +1,11 @@
 """Next tokens from logits, for a whole batch at once.
 
 All-greedy batches (the common case for benchmarks and tests) take one argmax. Otherwise temperature,
-top-k and top-p are applied as tensor operations over the batch, and each row draws its token with the
-exponential-race trick (argmax of p / E, E ~ Exp(1)), using the request's own generator when it has a seed:
-a seeded request then gets the same tokens whatever else shares its batch.
+top-k and top-p are applied as tensor operations over the batch, and each row draws its token by inverse
+CDF: one uniform number per row, the first token whose cumulative probability passes it. The uniform comes
+from the request's own generator when it has a seed, so a seeded request gets the same tokens whatever else
+shares its batch. (The exponential race, argmax of p / E with E ~ Exp(1), needs a random number per
+vocabulary entry: 0.8 ms per row for a 49K vocabulary, a third of a batch-32 decode step on this CPU.)
 """
 from __future__ import annotations
 
@@ -39,11 +41,14 @@ class Sampler:
         top_p = torch.tensor([p.top_p for p in params], device=logits.device)
         if bool((top_p < 1).any()):
             chosen = _apply_top_p(chosen, top_p)
-        probs = chosen.softmax(dim=-1).cpu()
-        for i, row in enumerate(sampled_rows):
-            generator = requests[row].generator or self.generator
-            noise = torch.empty_like(probs[i]).exponential_(generator=generator)
-            greedy[row] = int(probs[i].div_(noise).argmax())
+        cumulative = chosen.softmax(dim=-1).cpu().cumsum_(dim=-1)
+        uniforms = torch.cat([torch.rand(1, generator=requests[row].generator or self.generator)
+                              for row in sampled_rows])
+        targets = (uniforms * cumulative[:, -1]).unsqueeze(1)  # below each row's total: always a valid index
+        # right=True: the first token whose cumulative sum exceeds the target, so never a zero-probability one.
+        tokens = torch.searchsorted(cumulative, targets, right=True).squeeze(1).tolist()
+        for row, token in zip(sampled_rows, tokens):
+            greedy[row] = token
         return greedy
 
 

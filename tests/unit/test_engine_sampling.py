@@ -54,6 +54,15 @@ def test_top_p_keeps_the_nucleus():
     assert 0.5 < tokens.count(0) / 400 < 0.75  # renormalised: 0.5 / 0.8 = 0.625
 
 
+def test_sampled_frequencies_follow_the_softmax_and_skip_impossible_tokens():
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.0, 0.3])  # zero-probability tokens sit between likely ones
+    logits = probs.log().repeat(4000, 1)  # log(0) = -inf: masked, as top-k/top-p/min_tokens leave them
+    tokens = Sampler(seed=3)(logits, [req(SamplingParams(temperature=1.0))] * 4000)
+    assert tokens.count(1) == tokens.count(3) == 0
+    for token, p in ((0, 0.1), (2, 0.6), (4, 0.3)):  # 4000 draws: a standard deviation is under 0.008
+        assert abs(tokens.count(token) / 4000 - p) < 0.03
+
+
 def test_min_tokens_masks_eos_and_stop_ids():
     logits = torch.tensor([[0.0, 0.0, 9.0, 8.0, 1.0]])  # EOS (2) then stop id 3 are the best
     params = SamplingParams(temperature=0, min_tokens=2, max_tokens=4, stop_token_ids=[3])
