@@ -2,7 +2,7 @@
 
 torch's OpenMP threads (libgomp) spin a bounded while between parallel regions, then sleep. Spinning without
 end (libgomp's default) stalls every op when another process takes a core (4x slower engine steps under
-load); sleeping at once (OMP_WAIT_POLICY=PASSIVE) makes engine steps 1.6x slower on a free 2-core CPU and
+load); sleeping at once (OMP_WAIT_POLICY=PASSIVE) makes engine steps 1.7x slower on a free 2-core CPU and
 batch-1 decoding 2x slower (benchmarks/RESULTS.md). The engine also uses fewer threads while another process
 shares the CPU (engine/threads.py). A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 """

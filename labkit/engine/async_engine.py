@@ -131,8 +131,13 @@ class AsyncLLM:
         return done
 
     def _abort_now(self, request_id: str, done: concurrent.futures.Future) -> None:
-        """With the engine lock held."""
-        output = self.engine.abort(request_id)
+        """With the engine lock held. The caller's future always settles, even if the engine fails."""
+        try:
+            output = self.engine.abort(request_id)
+        except BaseException as error:
+            if not done.done():
+                done.set_exception(error)
+            raise
         if output is not None:
             self._deliver(output)
         if not done.done():
@@ -194,7 +199,10 @@ class AsyncLLM:
                 self._aborts.clear()
             with self._lock:
                 for request_id, done in pending:
-                    self._abort_now(request_id, done)
+                    try:
+                        self._abort_now(request_id, done)
+                    except BaseException:  # noqa: BLE001 (its caller gets the error through its future)
+                        pass
 
     def _deliver(self, output: RequestOutput) -> None:
         stream = self._streams.get(output.request_id)

@@ -44,7 +44,9 @@ class Sampler:
         cumulative = chosen.softmax(dim=-1).cpu().cumsum_(dim=-1)
         uniforms = torch.cat([torch.rand(1, generator=requests[row].generator or self.generator)
                               for row in sampled_rows])
-        targets = (uniforms * cumulative[:, -1]).unsqueeze(1)  # below each row's total: always a valid index
+        totals = cumulative[:, -1]
+        # Strictly below each row's total (a product can round up to it), so the search stays inside the row.
+        targets = torch.minimum(uniforms * totals, torch.nextafter(totals, torch.zeros_like(totals))).unsqueeze(1)
         # right=True: the first token whose cumulative sum exceeds the target, so never a zero-probability one.
         tokens = torch.searchsorted(cumulative, targets, right=True).squeeze(1).tolist()
         for row, token in zip(sampled_rows, tokens):
