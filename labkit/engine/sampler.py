@@ -48,9 +48,12 @@ class Sampler:
         # Strictly below each row's total (a product can round up to it), so the search stays inside the row.
         targets = torch.minimum(uniforms * totals, torch.nextafter(totals, torch.zeros_like(totals))).unsqueeze(1)
         # right=True: the first token whose cumulative sum exceeds the target, so never a zero-probability one.
-        tokens = torch.searchsorted(cumulative, targets, right=True).squeeze(1).tolist()
-        for row, token in zip(sampled_rows, tokens):
-            greedy[row] = token
+        tokens = torch.searchsorted(cumulative, targets, right=True).squeeze(1)
+        # A row with no probability left (every logit -inf or NaN) keeps its argmax: never an id past the vocabulary.
+        usable = torch.isfinite(totals) & (totals > 0)
+        for row, token, ok in zip(sampled_rows, tokens.tolist(), usable.tolist()):
+            if ok:
+                greedy[row] = token
         return greedy
 
 
@@ -68,5 +71,6 @@ def _apply_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     # Drop a token when the tokens before it already reach top_p.
     drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p.unsqueeze(1)
+    drop_sorted[:, 0] = False  # the most likely token always stays (a top_p below float32's range rounds to 0)
     drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))

@@ -63,6 +63,18 @@ def test_sampled_frequencies_follow_the_softmax_and_skip_impossible_tokens():
         assert abs(tokens.count(token) / 4000 - p) < 0.03
 
 
+def test_degenerate_rows_still_give_a_token_of_the_vocabulary():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 1000)
+    logits[2] = float("nan")  # a broken model output must not crash the engine with an id past the vocabulary
+    requests = [req(SamplingParams(temperature=1.0, top_p=1e-228)),  # rounds to 0 in float32: keeps the best token
+                req(SamplingParams(temperature=1.0, top_k=205, top_p=1e-228)),
+                req(SamplingParams(temperature=1.0))]
+    tokens = Sampler(seed=4)(logits.clone(), requests)
+    assert tokens[:2] == logits[:2].argmax(-1).tolist()
+    assert 0 <= tokens[2] < 1000
+
+
 def test_min_tokens_masks_eos_and_stop_ids():
     logits = torch.tensor([[0.0, 0.0, 9.0, 8.0, 1.0]])  # EOS (2) then stop id 3 are the best
     params = SamplingParams(temperature=0, min_tokens=2, max_tokens=4, stop_token_ids=[3])
