@@ -26,7 +26,8 @@ export GRADIO_ANALYTICS_ENABLED := False
 # OpenMP threads spin a bounded while between ops, then sleep: endless spinners starve another process on a
 # shared 2-core machine, instant sleepers slow every step. `import labkit` sets the same defaults.
 export GOMP_SPINCOUNT ?= 10000
-export OMP_WAIT_POLICY ?= PASSIVE
+export OMP_WAIT_POLICY ?= ACTIVE
+export KMP_BLOCKTIME ?= 1
 
 .PHONY: setup lab serve demo test test-fast clean help
 
