@@ -20,8 +20,10 @@ DEFAULTS = {"GOMP_SPINCOUNT": "10000",  # libgomp: spin this many rounds between
 
 
 def apply_openmp_defaults(environ: MutableMapping[str, str]) -> MutableMapping[str, str]:
-    """Set labkit's defaults in `environ` unless the user chose a wait policy; returns `environ`.
-    Only takes effect in a process that has not loaded torch yet (or in a child's environment)."""
+    """Set labkit's defaults in `environ` unless the user chose a wait policy; any default the user set
+    already stays theirs. Returns `environ`. Only takes effect in a process that has not loaded torch yet
+    (or in a child's environment)."""
     if not any(name in environ for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")):
-        environ.update(DEFAULTS)
+        for name, value in DEFAULTS.items():
+            environ.setdefault(name, value)
     return environ

@@ -39,6 +39,7 @@ def test_tuned_environment_is_the_same_for_every_system():
     assert env["LABKIT_BENCH_TUNED"] == "1"
     chosen = tuned_environment({"OMP_WAIT_POLICY": "ACTIVE"})  # the caller's choice wins
     assert chosen["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in chosen
+    assert tuned_environment({"KMP_BLOCKTIME": "200"})["KMP_BLOCKTIME"] == "200"  # so does any one of them
 
 
 def test_cli_bench_engine_writes_json(tiny_model_dirs, tmp_path):
