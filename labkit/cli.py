@@ -414,7 +414,7 @@ def cmd_bench_optimize(args: argparse.Namespace) -> None:
 
 
 def add_optimize_commands(bench_commands) -> None:
-    """`labkit bench optimize`, added to the `bench` group whoever created it first."""
+    """`labkit bench optimize`, added to the `bench` subcommands."""
     from .optimize import OPTIMIZERS
 
     optimize = bench_commands.add_parser(

@@ -1,12 +1,12 @@
 """labkit's OpenMP defaults for torch's CPU threads, set by `import labkit` before torch loads.
 
 torch's OpenMP threads (libgomp) spin a bounded while between parallel regions, then sleep. Spinning without
-end stalls every op when another process takes a core (two engines on two cores: 5x slower); sleeping at
-once (OMP_WAIT_POLICY=PASSIVE) makes the engine benchmark 1.9x slower on a free 2-core CPU and batch-1
-decoding 2x slower (benchmarks/RESULTS.md). So: GOMP_SPINCOUNT bounds the spin, and OMP_WAIT_POLICY=ACTIVE, which with an
+end stalls every op when another process takes a core (two engines on two cores: 5x slower); sleeping at once
+(OMP_WAIT_POLICY=PASSIVE) makes the engine benchmark 1.9x slower on a free 2-core CPU and batch-1 decoding 2x
+slower (benchmarks/RESULTS.md). So: GOMP_SPINCOUNT bounds the spin, and OMP_WAIT_POLICY=ACTIVE, which with an
 explicit GOMP_SPINCOUNT changes only libgomp's *throttled* spin, the one it uses once a process has more
-OpenMP threads than cores. A server has: the engine thread and the main thread each get their own team.
-There PASSIVE leaves 100 spins, ACTIVE 1,000, and the server makes 258 or 423 tokens/s on the same load.
+OpenMP threads than cores. A server has: the engine thread and the main thread each get their own team. There
+PASSIVE leaves 100 spins, ACTIVE 1,000, and the server makes 258 or 423 tokens/s on the same load.
 KMP_BLOCKTIME bounds Intel's runtime likewise, for those who preload it. The engine also uses fewer threads
 while another process shares the CPU (engine/threads.py). A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 """

@@ -49,7 +49,8 @@ class Sampler:
         targets = torch.minimum(uniforms * totals, torch.nextafter(totals, torch.zeros_like(totals))).unsqueeze(1)
         # right=True: the first token whose cumulative sum exceeds the target, so never a zero-probability one.
         tokens = torch.searchsorted(cumulative, targets, right=True).squeeze(1)
-        # A row with no probability left (every logit -inf or NaN) keeps its argmax: never an id past the vocabulary.
+        # A row with no probability left (every logit -inf or NaN) keeps its argmax, never an id past the
+        # vocabulary.
         usable = torch.isfinite(totals) & (totals > 0)
         for row, token, ok in zip(sampled_rows, tokens.tolist(), usable.tolist()):
             if ok:

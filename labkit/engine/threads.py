@@ -1,13 +1,14 @@
 """How many CPU threads the engine's forward passes use, chosen between steps from whether they get the CPU.
 
-On a CPU torch splits every op over OpenMP threads. Threads that spin for a moment between ops (labkit
-sets a bounded `GOMP_SPINCOUNT`, labkit/openmp.py) make an engine step about 1.7x faster than threads that
-sleep at once, as long as the cores are ours. When another busy process shares them, a thread waits at the
-end of each op for a partner that was descheduled, and steps slow down several fold (measured on 2 cores:
-two engines side by side made 49 tokens/s each with 2 threads, 290 each with one). So the governor watches
-how long this process's threads waited for a CPU (`run_delay` in /proc/self/task/*/schedstat, a kernel
-count, not a guess from timings), halves its threads (down to one) when they waited for a large share of
-the time, and tries the full count again after a back-off that doubles while the CPU stays shared.
+On a CPU torch splits every op over OpenMP threads. Threads that spin for a moment between ops (labkit sets
+a bounded `GOMP_SPINCOUNT`, labkit/openmp.py) make the engine about 1.9x faster than threads that sleep at
+once, as long as the cores are ours. When another busy process shares them, a thread waits at the end of
+each op for a partner that was descheduled, and steps slow down several fold (measured on 2 cores: two
+engines side by side made 49 tokens/s each with 2 threads, 320 each with the governor's one). So the
+governor watches how long this process's threads waited for a CPU (`run_delay` in
+/proc/self/task/*/schedstat, a kernel count, not a guess from timings), halves its threads (down to one)
+when they waited for a large share of the time, and tries the full count again after a back-off that doubles
+while the CPU stays shared.
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ class ThreadGovernor:
         if new.threads != self.state.threads:
             torch.set_num_threads(new.threads)
             self.changes += 1
-            log.info("labkit engine: %s torch threads (they waited %.2f s per s for a CPU)", new.threads, waited_per_s)
+            log.info("labkit engine: %s torch threads (they waited %.2f s per s for a CPU)", new.threads,
+                     waited_per_s)
         self.state, self._waited, self._stepping_s = new, waited, 0.0
 
     def close(self) -> None:
