@@ -41,10 +41,12 @@ class EngineConfig:
     seed: int = 0  # seeds sampling for requests that bring no seed of their own
     prepack_weights: bool = True  # bfloat16 on CPU: linear weights reordered once for oneDNN (same results, +1x weights)
     adapt_threads: bool = True  # on CPU: fewer torch threads while another process shares the cores (engine/threads.py)
+    step_log_size: int = 1024  # steps kept in `LLM.steps` (a window: about 2 KB a step at batch 32)
 
     def __post_init__(self) -> None:
-        if min(self.max_num_seqs, self.max_num_batched_tokens, self.page_size) < 1:
-            raise ValueError("EngineConfig: max_num_seqs, max_num_batched_tokens and page_size must be at least 1.")
+        if min(self.max_num_seqs, self.max_num_batched_tokens, self.page_size, self.step_log_size) < 1:
+            raise ValueError("EngineConfig: max_num_seqs, max_num_batched_tokens, page_size and step_log_size must "
+                             "be at least 1.")
         if self.kv_cache_tokens < self.page_size:
             raise ValueError(f"EngineConfig: kv_cache_tokens ({self.kv_cache_tokens}) must hold at least one page "
                              f"of {self.page_size} tokens.")
@@ -67,7 +69,10 @@ class ServerConfig:
     max_waiting: int = 64  # requests queued beyond the running batch; more get 429 with Retry-After
     retry_after_s: int = 1  # the Retry-After a 429 carries
     request_timeout_s: float = 120.0  # a request still unfinished after this gets 504 (or an error event)
-    shutdown_grace_s: float = 10.0  # on SIGTERM/Ctrl-C, in-flight requests get this long, then are cancelled
+    shutdown_grace_s: float = 30.0  # on SIGTERM/Ctrl-C, in-flight requests get this long, then are cancelled
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback and the bound address ("*": any)
+    header_timeout_s: float = 10.0  # a client must send its request line and headers within this
+    body_timeout_s: float = 30.0  # and then its whole body within this (else 408)
     embed_max_batch_size: int = 32  # dynamic batcher for /v1/embeddings: most texts per encoder call
     embed_max_queue_delay_ms: float = 5.0  # how long the first text waits for others to join its batch
     access_log: str | None = None  # path of a JSON-lines access log ("-" for stdout); None turns it off
@@ -75,6 +80,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         checks = {"max_waiting": self.max_waiting >= 0, "max_body_bytes": self.max_body_bytes >= 1,
                   "request_timeout_s": self.request_timeout_s > 0, "shutdown_grace_s": self.shutdown_grace_s >= 0,
+                  "header_timeout_s": self.header_timeout_s > 0, "body_timeout_s": self.body_timeout_s > 0,
                   "retry_after_s": self.retry_after_s >= 0, "embed_max_batch_size": self.embed_max_batch_size >= 1,
                   "embed_max_queue_delay_ms": self.embed_max_queue_delay_ms >= 0, "port": 0 <= self.port < 65536}
         bad = [name for name, ok in checks.items() if not ok]
@@ -88,7 +94,9 @@ class RouterConfig:
 
     The router speaks the same OpenAI API as a replica. It never queues: a request goes to a replica at
     once, or is refused (429 with Retry-After when every healthy replica holds `max_outstanding_per_replica`
-    requests, 503 when none is healthy), so a client never hangs on a full or dead pool.
+    requests, 503 when none is healthy), so a client never hangs on a full or dead pool. On stop it drains:
+    new requests get 503, in-flight ones have `drain_timeout_s`, then each still running ends with an
+    OpenAI-shaped error (an error event and `[DONE]` for a stream), never a cut connection.
     """
 
     host: str = "127.0.0.1"  # loopback only unless told otherwise
@@ -100,12 +108,19 @@ class RouterConfig:
     request_timeout_s: float = 300.0  # most seconds a forwarded request may take (504 after)
     affinity_prefix_chars: int = 256  # prefix_affinity: this much of the prompt picks the replica
     max_body_bytes: int = 1 << 20  # larger bodies get 413 from the router itself
+    api_key: str | None = None  # bearer key asked on /v1/*; None: no key (`labkit up`: $LABKIT_API_KEY)
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback and the bound address ("*": any)
+    drain_timeout_s: float = 30.0  # on stop, in-flight requests get this long; then each ends with an error
+    header_timeout_s: float = 10.0  # a client must send its request line and headers within this (slowloris)
+    body_timeout_s: float = 30.0  # and its whole body within this once the headers are in (else 408)
 
     def __post_init__(self) -> None:
         checks = {"port": 0 <= self.port < 65536, "max_outstanding_per_replica": self.max_outstanding_per_replica >= 1,
                   "max_body_bytes": self.max_body_bytes >= 1,
                   "retry_after_s": self.retry_after_s >= 0, "connect_timeout_s": self.connect_timeout_s > 0,
-                  "request_timeout_s": self.request_timeout_s > 0, "affinity_prefix_chars": self.affinity_prefix_chars >= 1}
+                  "request_timeout_s": self.request_timeout_s > 0, "affinity_prefix_chars": self.affinity_prefix_chars >= 1,
+                  "drain_timeout_s": self.drain_timeout_s >= 0, "header_timeout_s": self.header_timeout_s > 0,
+                  "body_timeout_s": self.body_timeout_s > 0}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"RouterConfig: out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
@@ -132,6 +147,7 @@ class ScaleConfig:
     interval_s: float = 0.5  # seconds between autoscaler ticks (and replica health checks)
     threads_per_replica: int | None = None  # torch/OpenMP threads each replica uses; None: the cores split evenly
     replica_start_timeout_s: float = 120.0  # a replica not ready after this is killed and replaced
+    drain_timeout_s: float = 30.0  # a replica stopped (scale-down, stop) gets this long for its in-flight requests
 
     def __post_init__(self) -> None:
         checks = {"min_replicas": self.min_replicas >= 1, "max_replicas": self.max_replicas >= max(1, self.min_replicas),
@@ -141,7 +157,8 @@ class ScaleConfig:
                   "upscale_delay_s": self.upscale_delay_s >= 0, "downscale_delay_s": self.downscale_delay_s >= 0,
                   "interval_s": self.interval_s > 0,
                   "threads_per_replica": self.threads_per_replica is None or self.threads_per_replica >= 1,
-                  "replica_start_timeout_s": self.replica_start_timeout_s > 0}
+                  "replica_start_timeout_s": self.replica_start_timeout_s > 0,
+                  "drain_timeout_s": self.drain_timeout_s >= 0}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"ScaleConfig: out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")

@@ -66,13 +66,14 @@ def run_labkit(loaded, prompts, lengths, config: EngineConfig) -> tuple[baseline
     with LLM(loaded.model, loaded.tokenizer, config) as llm:
         llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
         params = [SamplingParams(temperature=0, max_tokens=n, min_tokens=n, ignore_eos=True) for n in lengths]
-        started = time.perf_counter()
+        started, steps_before = time.perf_counter(), llm.engine.num_steps
         outs = llm.generate(prompts, params, use_tqdm=False)
         wall = time.perf_counter() - started
-        steps = [s for s in llm.steps if s.started >= started]
+        num_steps = llm.engine.num_steps - steps_before
+        steps = [s for s in llm.steps if s.started >= started]  # the log's window: enough for the peak batch
         engine_stats = llm.stats()
     timings = [baselines.RequestTiming(len(o.token_ids), o.metrics.ttft_s, o.metrics.e2e_latency_s) for o in outs]
-    extra = {"steps": len(steps), "kv_cache_bytes": engine_stats["kv_memory_bytes"],
+    extra = {"steps": num_steps, "kv_cache_bytes": engine_stats["kv_memory_bytes"],
              "kv_peak_usage": round(engine_stats["kv_peak_usage"], 3), "preemptions": engine_stats["num_preemptions"],
              "peak_batch": max(len(s.requests) for s in steps),
              "cpu_threads_at_end": engine_stats.get("cpu_threads"),  # the thread governor's choice (CPU only)

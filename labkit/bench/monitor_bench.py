@@ -75,11 +75,11 @@ def bench_monitor(model: str = "smollm2-135m-instruct", requests: int = 32, roun
                     metrics = ServingMetrics()
                     unsubscribe = metrics.attach(llm.bus)
                     watcher = Watcher(source, lambda _s, m=metrics: m.render(), interval_s=1.0).start()
-                steps_before = len(llm.engine.steps)
+                steps_before = llm.engine.num_steps
                 wall, cpu, tokens = _run(llm, list(chats), params)
                 if watcher is not None:
                     watcher.stop()
-                    steps = len(llm.engine.steps) - steps_before
+                    steps = llm.engine.num_steps - steps_before
                     started = time.perf_counter()
                     for _ in range(5):  # one watcher tick with the run's events in the window: read + render
                         metrics.render(), source.read()

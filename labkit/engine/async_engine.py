@@ -184,7 +184,12 @@ class AsyncLLM:
                     for request_id, done in aborts:
                         self._abort_now(request_id, done)
                     for request_id, ids, params, prompt in arrivals:
-                        self.engine.add_request(ids, params, request_id=request_id, prompt=prompt)
+                        try:
+                            self.engine.add_request(ids, params, request_id=request_id, prompt=prompt)
+                        except Exception as error:  # refused alone: the engine thread and the others go on
+                            self._deliver(RequestOutput(request_id, prompt, ids, [], finished=True,
+                                                        finish_reason="error", text="",
+                                                        error=f"{type(error).__name__}: {error}"))
                     outputs = self.engine.step()
                 for output in outputs:
                     self._deliver(output)

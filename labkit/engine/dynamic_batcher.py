@@ -105,6 +105,12 @@ class DynamicBatcher:
             batch.append(entry)
         return batch, stop
 
+    def _call(self, live: list[tuple[Any, Future]]) -> list[Any]:
+        results = list(self.fn([item for item, _ in live]))
+        if len(results) != len(live):
+            raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
+        return results
+
     def _run(self) -> None:
         stop = False
         while not stop:
@@ -118,15 +124,19 @@ class DynamicBatcher:
                 continue
             started = time.perf_counter()
             try:
-                results = list(self.fn([item for item, _ in live]))
-                if len(results) != len(live):
-                    raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
-            except BaseException as err:  # every caller hears of the failure; the worker carries on
-                for _, future in live:
-                    future.set_exception(err)
-                continue
-            for (_, future), result in zip(live, results):
-                future.set_result(result)
+                results = self._call(live)
+            except Exception as err:
+                if len(live) == 1:
+                    live[0][1].set_exception(err)
+                else:  # one bad item must not fail the others: each runs alone, and only the bad ones fail
+                    for entry in live:
+                        try:
+                            entry[1].set_result(self._call([entry])[0])
+                        except Exception as alone:
+                            entry[1].set_exception(alone)
+            else:
+                for (_, future), result in zip(live, results):
+                    future.set_result(result)
             self.stats.batches += 1
             self.stats.items += len(live)
             self.stats.largest_batch = max(self.stats.largest_batch, len(live))

@@ -7,6 +7,7 @@ when someone subscribed to its `bus`, published with each finished request's tim
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from .sampler import Sampler
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .threads import ThreadGovernor
+
+log = logging.getLogger("labkit.engine")
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,7 @@ class StepRecord:
 class LLMEngine:
     """Continuous batching over one Hugging Face decoder: requests join and leave between steps."""
 
-    def __init__(self, model, tokenizer, config: EngineConfig | None = None, max_logged_steps: int = 100_000,
-                 bus: EventBus | None = None):
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, bus: EventBus | None = None):
         reason = getattr(model, "unservable_reason", None)  # e.g. an ONNX Runtime session: no torch forward
         if reason:
             raise TypeError(reason)
@@ -55,7 +57,9 @@ class LLMEngine:
         self.max_model_len = self._max_model_len(model.config)
         self.vocab_size = model.get_input_embeddings().num_embeddings
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
-        self.steps: deque[StepRecord] = deque(maxlen=max_logged_steps)
+        # The last `step_log_size` steps (a server steps forever: the log is a window, not a history).
+        self.steps: deque[StepRecord] = deque(maxlen=self.config.step_log_size)
+        self.num_steps = 0
         self._ids = itertools.count()
         on_cpu = self.runner.device.type == "cpu"
         self.threads = ThreadGovernor() if self.config.adapt_threads and on_cpu else None
@@ -89,7 +93,10 @@ class LLMEngine:
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None, *,
                     request_id: str | None = None, prompt: object = None, arrival_time: float | None = None) -> Request:
         self.validate_prompt(prompt_token_ids)
-        request = Request(request_id or f"req-{next(self._ids)}", prompt_token_ids, params or SamplingParams(),
+        params = params or SamplingParams()
+        if any(t >= self.vocab_size for t in params.stop_token_ids):
+            raise ValueError(f"stop_token_ids must lie in [0, {self.vocab_size}) for this model.")
+        request = Request(request_id or f"req-{next(self._ids)}", prompt_token_ids, params,
                           prompt=prompt, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
                           tokenizer=self.tokenizer, arrival_time=arrival_time)
         self.scheduler.add(request)
@@ -118,19 +125,37 @@ class LLMEngine:
         observed = self.bus.has_subscribers
         decodes = sum(s.request.num_computed_tokens >= s.request.num_prompt_tokens for s in plan.scheduled) \
             if observed else 0
+        # A forward pass that raises is the engine's failure, not one request's (prompts were validated on
+        # entry): it propagates. What is per request (sampling, token processing) fails that request alone.
         logits, samplers = self.runner.execute(plan.scheduled)
-        tokens = self.sampler(logits, [item.request for item in samplers])
+        tokens = self._sample(logits, [item.request for item in samplers])
         sampled = {item.request.request_id: token for item, token in zip(samplers, tokens)}
         changed = self.scheduler.update(plan, sampled)
         duration = time.perf_counter() - started
         if self.threads is not None:
             self.threads.after_step(duration, started + duration)
-        self.steps.append(StepRecord(len(self.steps), started, duration,
+        self.steps.append(StepRecord(self.num_steps, started, duration,
                                      tuple((s.request.request_id, s.num_tokens) for s in plan.scheduled),
                                      len(plan.preempted)))
+        self.num_steps += 1
         if observed:
             self._publish_step(plan, decodes, len(tokens), duration, changed)
         return [request.output(new) for request, new in changed]
+
+    def _sample(self, logits, requests: list[Request]) -> list[int | Exception]:
+        """The batch's next tokens; if sampling the batch fails, each row is sampled alone, so a request
+        whose own parameters break the sampler gets its exception and the others their tokens."""
+        try:
+            return self.sampler(logits, requests)
+        except Exception:
+            tokens: list[int | Exception] = []
+            for row, request in enumerate(requests):
+                try:
+                    tokens.append(self.sampler(logits[row:row + 1], [request])[0])
+                except Exception as error:
+                    log.warning("request %s failed in the sampler: %r", request.request_id, error)
+                    tokens.append(error)
+            return tokens
 
     # ---- monitoring ----
     def _publish_step(self, plan, decodes: int, sampled: int, duration: float, changed) -> None:
@@ -163,7 +188,7 @@ class LLMEngine:
         """Queue lengths, preemptions and KV cache use (pages held, how full they are, bytes reserved)."""
         threads = {} if self.threads is None else {"cpu_threads": self.threads.threads,
                                                     "cpu_thread_changes": self.threads.changes}
-        return {**self.scheduler.stats(), "max_model_len": self.max_model_len, "num_steps": len(self.steps), **threads}
+        return {**self.scheduler.stats(), "max_model_len": self.max_model_len, "num_steps": self.num_steps, **threads}
 
     def close(self) -> None:
         """Abort what is left, give the model back its own attention and the process its thread count."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 from ..config import EngineConfig
+from .chat import chat_token_ids
 from .engine import LLMEngine, StepRecord
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
@@ -55,10 +56,7 @@ class LLM:
         if isinstance(prompt, str):
             return self.tokenizer(prompt)["input_ids"]
         if isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) for m in prompt):
-            if getattr(self.tokenizer, "chat_template", None) is None:
-                raise ValueError("This model's tokenizer has no chat template; pass plain text or token ids.")
-            text = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return chat_token_ids(self.tokenizer, list(prompt))  # message texts never become control tokens
         if isinstance(prompt, Sequence) and all(isinstance(t, int) for t in prompt):
             return list(prompt)
         raise TypeError(f"A prompt is a string, a list of chat messages or a list of token ids, not {type(prompt).__name__}.")

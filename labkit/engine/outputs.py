@@ -39,9 +39,10 @@ class RequestOutput:
     new_token_ids: list[int] = field(default_factory=list)  # the tokens this step added
     text: str | None = None  # the decoded output, cut before a stop string; set once finished
     finished: bool = False
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     metrics: RequestMetrics | None = None  # set once finished
+    error: str | None = None  # with finish_reason "error": what failed (this request alone)
 
     def __repr__(self) -> str:
         text = self.text if self.text is None or len(self.text) < 60 else self.text[:57] + "..."

@@ -21,6 +21,7 @@ class RequestStatus(enum.IntEnum):
     FINISHED_STOPPED = 3  # EOS, a stop token id or a stop string
     FINISHED_LENGTH = 4  # max_tokens, or the context is full
     FINISHED_ABORTED = 5  # cancelled by the caller
+    FINISHED_ERROR = 6  # its own processing failed (sampling, detokenizing): it alone ends, the batch goes on
 
     @property
     def is_finished(self) -> bool:
@@ -32,7 +33,7 @@ class RequestStatus(enum.IntEnum):
 
 
 _FINISH_REASONS = {RequestStatus.FINISHED_STOPPED: "stop", RequestStatus.FINISHED_LENGTH: "length",
-                   RequestStatus.FINISHED_ABORTED: "abort"}
+                   RequestStatus.FINISHED_ABORTED: "abort", RequestStatus.FINISHED_ERROR: "error"}
 
 
 class Request:
@@ -51,6 +52,7 @@ class Request:
         self.num_computed_tokens = 0  # tokens whose keys and values are in the KV cache
         self.num_preemptions = 0
         self.stop_reason: int | str | None = None
+        self.error: str | None = None  # why it ended with FINISHED_ERROR
         # The limit on output tokens: max_tokens, or whatever the context leaves.
         room = max_model_len - len(prompt_token_ids)
         self.max_output_tokens = min(params.max_tokens or room, room)
@@ -151,4 +153,4 @@ class Request:
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
             token_ids=list(self.output_token_ids), new_token_ids=new_token_ids,
             text=self.text if finished else None, finished=finished, finish_reason=self.status.finish_reason,
-            stop_reason=self.stop_reason, metrics=self.metrics() if finished else None)
+            stop_reason=self.stop_reason, metrics=self.metrics() if finished else None, error=self.error)

@@ -35,7 +35,8 @@ class Sampler:
         chosen = logits[sampled_rows]
         temperatures = torch.tensor([p.temperature for p in params], device=logits.device)
         chosen.div_(temperatures.unsqueeze(1))
-        top_k = torch.tensor([p.top_k for p in params], device=logits.device)
+        vocab = logits.shape[-1]  # a top_k past the vocabulary keeps all of it
+        top_k = torch.tensor([min(p.top_k, vocab) for p in params], device=logits.device)
         if bool((top_k > 0).any()):
             chosen = _apply_top_k(chosen, top_k)
         top_p = torch.tensor([p.top_p for p in params], device=logits.device)

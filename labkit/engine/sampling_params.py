@@ -1,7 +1,10 @@
 """What a request asks of the sampler and when it should end. A frozen value, checked once on creation."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+INT64_MAX = 2**63 - 1  # counts and ids reach int64 tensors: anything larger cannot be represented
 
 
 @dataclass(frozen=True)
@@ -29,16 +32,23 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be at least 0, got {self.temperature}.")
+        if self.top_k == -1:  # vLLM's spelling of "off"
+            object.__setattr__(self, "top_k", 0)
+        if not (0 <= self.temperature and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number, at least 0, got {self.temperature}.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}.")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be 0 (off) or positive, got {self.top_k}.")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
-        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
+        if not 0 <= self.top_k <= INT64_MAX:
+            raise ValueError(f"top_k must be 0 or -1 (off) or a positive count up to 2**63-1, got {self.top_k}.")
+        if self.max_tokens is not None and not 1 <= self.max_tokens <= INT64_MAX:
+            raise ValueError(f"max_tokens must lie in [1, 2**63-1], got {self.max_tokens}.")
+        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens) \
+                or self.min_tokens > INT64_MAX:
             raise ValueError(f"min_tokens must lie in [0, max_tokens], got {self.min_tokens}.")
+        if self.seed is not None and not -2**63 <= self.seed < 2**64:
+            raise ValueError(f"seed must fit in 64 bits, got {self.seed}.")
+        if any(not 0 <= t <= INT64_MAX for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be token ids (0 or more), got {list(self.stop_token_ids)}.")
 
     @property
     def greedy(self) -> bool:

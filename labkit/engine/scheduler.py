@@ -111,9 +111,10 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(request)
 
-    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[tuple[Request, list[int]]]:
+    def update(self, out: SchedulerOutput, sampled: dict[str, int | Exception]) -> list[tuple[Request, list[int]]]:
         """Advance every scheduled request by what the step computed; append the sampled tokens; retire
-        the requests that finished. Returns (request, new token ids) for each request that moved."""
+        the requests that finished. A request whose sample is an exception, or whose token cannot be
+        processed, ends with FINISHED_ERROR alone. Returns (request, new token ids) for each request that moved."""
         now = time.perf_counter()
         changed = []
         for item in out.scheduled:
@@ -122,11 +123,25 @@ class Scheduler:
             token = sampled.get(request.request_id)
             if token is None:
                 continue
-            request.append_token(token, now)  # may finish it: EOS, stop, max_tokens or a full context
+            if isinstance(token, Exception):
+                self.fail(request, token, now)
+                changed.append((request, []))
+                continue
+            try:
+                request.append_token(token, now)  # may finish it: EOS, stop, max_tokens or a full context
+            except Exception as error:  # e.g. its detokenizer: this request's problem, not the batch's
+                self.fail(request, error, now)
+                changed.append((request, []))
+                continue
             if request.status.is_finished:
                 self._retire(request, request.status, now)
             changed.append((request, [token]))
         return changed
+
+    def fail(self, request: Request, error: BaseException, now: float | None = None) -> None:
+        """End one request with FINISHED_ERROR and free its pages; the others are untouched."""
+        request.error = f"{type(error).__name__}: {error}"
+        self._retire(request, RequestStatus.FINISHED_ERROR, time.perf_counter() if now is None else now)
 
     def abort(self, request_id: str) -> Request | None:
         """Take a request out wherever it is, and free its pages now."""

@@ -17,15 +17,16 @@ from ..monitor.events import EventBus
 from ..monitor.metrics import ServingMetrics
 from .access_log import AccessLog, RequestContextMiddleware
 from .errors import install_error_handlers
+from .hardening import HostGuard, allowed_hosts_for
 from .limits import BodyLimitMiddleware
 from .routes import embeddings, generate, meta
 from .services import Services
 
 DESCRIPTION = """An OpenAI-compatible server for one causal LM and one encoder, with continuous batching.
 
-Errors use OpenAI's shape `{"error": {"message", "type", "code", "param"}}`: 400 bad input, 401 missing
-or wrong API key, 404 unknown model, 413 body too large, 422 a field of the wrong type or out of range,
-429 queue full (see `Retry-After`), 503 not ready, 504 timed out."""
+Errors use OpenAI's shape `{"error": {"message", "type", "code", "param"}}`: 400 bad input (`param` names
+the field), 401 missing or wrong API key, 404 unknown model, 408 body not sent in time, 413 body too large,
+429 queue full (see `Retry-After`), 500 this request failed (others go on), 503 not ready, 504 timed out."""
 
 
 def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(), *,
@@ -59,11 +60,12 @@ def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(),
     app.include_router(meta.router)
     app.include_router(generate.router)
     app.include_router(embeddings.router)
-    # Middleware wraps outside-in in reverse order of adding: request ids and the log see every
-    # response, the 413 included; CORS only when origins were given.
+    # Middleware wraps outside-in in reverse order of adding: the Host check comes first; request ids and the
+    # log see every other response, the 413 included; CORS only when origins were given.
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s)
     app.add_middleware(RequestContextMiddleware, access_log=access_log, metrics=metrics)
+    app.add_middleware(HostGuard, allowed=allowed_hosts_for(config.host, config.allowed_hosts))
     return app

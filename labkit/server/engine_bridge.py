@@ -15,7 +15,8 @@ class Step:
     new_token_ids: list[int]
     text: str  # the whole output text so far (cut before a stop string once finished)
     finished: bool = False
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+    error: str | None = None  # with "error": what failed
 
 
 class EngineBridge:
@@ -65,4 +66,4 @@ class EngineBridge:
             if not out.finished:
                 yield Step(out.new_token_ids, out.text or "")
                 continue
-            yield Step(out.new_token_ids, out.text or "", True, out.finish_reason)
+            yield Step(out.new_token_ids, out.text or "", True, out.finish_reason, out.error)

@@ -1,8 +1,9 @@
 """Every error the server sends has OpenAI's shape: `{"error": {"message", "type", "code", "param"}}`.
 
-Status codes (DESIGN.md): 400 bad input, 401 no key, 404 unknown model or route, 413 body too large,
-422 a field of the wrong type or out of range, 429 queue full (with Retry-After), 503 not ready,
-504 timeout. Handlers here turn FastAPI's and Starlette's own errors into that shape too.
+Status codes (DESIGN.md): 400 bad input (a field of the wrong type or out of range included, with `param`
+naming it: OpenAI and vLLM send 400, so clients' BadRequestError handlers catch it), 401 no key, 404 unknown
+model or route, 408 body not sent in time, 413 body too large, 429 queue full (with Retry-After), 503 not
+ready, 504 timeout. Handlers here turn FastAPI's and Starlette's own errors into that shape too.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("labkit.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+          405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
           429: "rate_limit_error", 500: "server_error", 503: "service_unavailable", 504: "timeout_error"}
 
 
@@ -70,7 +71,8 @@ def not_ready(what: str) -> APIError:
 def _validation_message(err: RequestValidationError) -> tuple[str, str | None, int, str]:
     """(message, param, status, code) for the first problem pydantic found."""
     problems = err.errors()
-    first = problems[0] if problems else {}
+    # A value the right type but wrong (a lone surrogate) says more than a union's other branches' type errors.
+    first = next((p for p in problems if p.get("type") == "value_error"), problems[0] if problems else {})
     if first.get("type") == "json_invalid":
         return f"The body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}.", None, 400, "json_invalid"
     location = [part for part in first.get("loc", ()) if part != "body"]
@@ -80,7 +82,7 @@ def _validation_message(err: RequestValidationError) -> tuple[str, str | None, i
     where = f"'{param}': " if param else "the body: "
     code = "missing" if first.get("type") == "missing" else "invalid_type" if "type" in first.get("type", "") \
         else "invalid_value"
-    return f"Invalid value for {where}{message}{extra}.", param, 422, code
+    return f"Invalid value for {where}{message}{extra}.", param, 400, code
 
 
 def install_error_handlers(app: FastAPI) -> None:

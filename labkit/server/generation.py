@@ -8,6 +8,7 @@ import itertools
 import time
 
 from ..config import ServerConfig
+from ..engine.chat import chat_token_ids, max_token_chars
 from ..models import LoadedModel
 from .stops import StopMatcher
 from .engine_bridge import EngineBridge
@@ -28,29 +29,42 @@ class LLMService:
         self.metrics = metrics
         self.engine = EngineBridge(loaded, bus=bus, **engine_options)  # it publishes finished requests to bus
         self.max_model_len = self.engine.max_model_len
+        self.max_prompt_chars = self.max_model_len * max_token_chars(self.tokenizer)
         self.admission = Admission(self.engine.max_num_seqs, config.max_waiting, config.retry_after_s)
         self.jobs: set[GenerationJob] = set()
         self.engine_ids = itertools.count()  # suffixes that keep engine request ids unique
 
-    # ---- prompts ----
-    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
+    # ---- prompts: checked on their raw length first, then tokenized off the event loop ----
+    async def prompt_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, list):
             vocab = len(self.tokenizer)
             if any(not 0 <= t < vocab for t in prompt):
                 raise bad_request(f"Token ids must lie in [0, {vocab}).", param="prompt")
             return prompt
-        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        self._check_raw_length(len(prompt), "prompt")
+        ids = await asyncio.to_thread(lambda: self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
         if not ids:
             raise bad_request("The prompt is empty.", param="prompt")
         return ids
 
-    def chat_prompt_ids(self, messages) -> list[int]:
+    async def chat_prompt_ids(self, messages) -> list[int]:
         if self.tokenizer.chat_template is None:
             raise bad_request(f"{self.name} has no chat template; use /v1/completions.", param="messages")
         conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                         for m in messages]
-        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self._check_raw_length(sum(len(m["content"]) for m in conversation), "messages")
+        try:
+            return await asyncio.to_thread(chat_token_ids, self.tokenizer, conversation)
+        except ValueError as err:  # a control token's text the template cannot keep as plain text
+            raise bad_request(str(err), param="messages") from None
+
+    def _check_raw_length(self, chars: int, param: str) -> None:
+        """Refuse, without tokenizing, a text that cannot fit the context whatever its tokens: no token
+        stands for more than `max_token_chars` characters, so tokenizing 1 MB to count is never needed."""
+        if chars > self.max_prompt_chars:
+            raise bad_request(f"The {param} has {chars} characters, more than fit in this model's "
+                              f"{self.max_model_len}-token context (at most {self.max_prompt_chars}).",
+                              param=param, code="context_length_exceeded")
 
     # ---- jobs ----
     def start_job(self, prompt_ids: list[int], body, request_id: str) -> GenerationJob:
@@ -166,6 +180,9 @@ class GenerationJob:
                 self.finish_reason = step.finish_reason
                 if self._cancel_reason is not None:
                     raise APIError(503, self._cancel_reason, code="cancelled")
+                if step.finish_reason == "error":  # this request alone failed in the engine; the others go on
+                    raise APIError(500, f"The engine could not process this request: {step.error}",
+                                   code="request_failed")
                 # The engine's final text is authoritative (cut before a stop string).
                 tail = step.text[len(self._emitted):] if step.text.startswith(self._emitted) else ""
                 yield self._emit(tail)

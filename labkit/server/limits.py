@@ -7,15 +7,18 @@ from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .errors import APIError, queue_full
+from .hardening import BODY_TIMEOUT_S, BodyTimeout, read_body_within
 
 
 class BodyLimitMiddleware:
-    """413 for a body over `max_bytes`: at once from Content-Length, or as soon as a chunked body passes it.
-    The body (at most `max_bytes`, which routes would read whole anyway) is read here, then replayed."""
+    """413 for a body over `max_bytes`: at once from Content-Length, or as soon as a chunked body passes it;
+    408 for a body not sent within `timeout_s` (a slow client cannot hold a connection and a worker). The
+    body (at most `max_bytes`, which routes would read whole anyway) is read here, then replayed."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -23,17 +26,17 @@ class BodyLimitMiddleware:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left before sending its body
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._reject(scope, receive, send)
-            if not message.get("more_body", False):
-                break
+        try:
+            body = await read_body_within(receive, self.timeout_s, self.max_bytes)
+        except BodyTimeout:
+            error = APIError(408, f"The request body did not arrive within {self.timeout_s:g} s.", code="body_timeout")
+            scope.setdefault("state", {})["labkit_error"] = error.code
+            return await error.response()(scope, receive, send)
+        if body is None:  # the client left before sending its body
+            return
+        chunks, size = body
+        if size > self.max_bytes:
+            return await self._reject(scope, receive, send)
         replayed = False
 
         async def replay():

@@ -6,6 +6,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from ..config import ServerConfig
+from .hardening import guarded_protocol
 
 
 class LabkitServer(uvicorn.Server):
@@ -18,7 +19,7 @@ class LabkitServer(uvicorn.Server):
         super().__init__(uvicorn.Config(
             app, host=config.host, port=config.port, log_level=log_level, access_log=False,
             timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5, lifespan="on", ws="none",
-            server_header=False, proxy_headers=False))
+            server_header=False, proxy_headers=False, http=guarded_protocol(config.header_timeout_s)))
 
     announce = False  # print the URL once listening (the CLI; port 0 is only known then)
 

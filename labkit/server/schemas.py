@@ -1,18 +1,35 @@
 """Request and response bodies of the OpenAI-compatible API, as pydantic models.
 
 Requests are validated strictly on what the server uses (types and ranges, so the OpenAPI document says
-what is accepted); unknown fields are ignored, as OpenAI clients send some this server does not use.
+what is accepted): every value is checked here against what the engine can represent, so no request can
+reach a tensor with a value that breaks it. Text must be valid Unicode (JSON's "\\ud83d" escape alone is a
+lone surrogate that no tokenizer can encode). Unknown fields are ignored, as OpenAI clients send some this
+server does not use.
 """
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from ..engine.sampling_params import INT64_MAX
+
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"the text holds a lone UTF-16 surrogate ({text[err.start]!r} at character {err.start}), "
+                         f"which is not valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="0 is greedy; up to 2.")]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-Stop = str | Annotated[list[str], Field(max_length=4)] | None
+Count = Annotated[int, Field(ge=1, le=INT64_MAX)]
+Stop = Text | Annotated[list[Text], Field(max_length=4)] | None
 
 
 class StreamOptions(BaseModel):
@@ -22,12 +39,13 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """Fields shared by completions and chat completions."""
 
-    model: str | None = Field(None, description="The served model's id (see /v1/models); omitted means that one.")
-    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate; default: what the context "
+    model: Text | None = Field(None, description="The served model's id (see /v1/models); omitted means that one.")
+    max_tokens: Count | None = Field(None, description="Most tokens to generate; default: what the context "
                                                            "leaves, capped at the server's default.")
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
-    top_k: int | None = Field(None, ge=0, description="Sample from the k likeliest tokens (0 or null: all).")
+    top_k: int | None = Field(None, ge=-1, le=INT64_MAX, description="Sample from the k likeliest tokens "
+                                                                      "(0, -1 or null: all).")
     n: int = Field(1, ge=1, le=1, description="Only 1 choice per request is supported.")
     stop: Stop = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
@@ -35,27 +53,27 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
-    user: str | None = None
+    user: Text | None = None
     # vLLM's extensions, for benchmarks and tests that need exact output lengths
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
-    min_tokens: int = Field(0, ge=0, description="The end-of-sequence token is masked until this many tokens.")
+    min_tokens: int = Field(0, ge=0, le=INT64_MAX, description="The end-of-sequence token is masked until this many tokens.")
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Annotated[str, Field(max_length=1_000_000)] | Annotated[list[int], Field(min_length=1)] = Field(
+    prompt: Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[int], Field(min_length=1)] = Field(
         ..., description="Text, or token ids, to continue.")
     echo: bool = False
 
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -65,16 +83,16 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens; wins if both.")
+    max_completion_tokens: Count | None = Field(None, description="Newer name for max_tokens; wins if both.")
 
 
 class EmbeddingRequest(BaseModel):
-    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)] = Field(
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=2048)] = Field(
         ..., description="A text or a list of texts to embed.")
-    model: str | None = None
+    model: Text | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
+    dimensions: int | None = Field(None, ge=1, le=INT64_MAX)
+    user: Text | None = None
 
 
 # ---- responses (for the OpenAPI document; routes build the same shapes as plain dicts) ----
@@ -161,11 +179,11 @@ class ModelList(BaseModel):
 
 
 ERROR_RESPONSES = {status: {"model": ErrorResponse, "description": description} for status, description in {
-    400: "Bad input (malformed JSON, prompt longer than the context)",
+    400: "Bad input: malformed JSON, a field of the wrong type or out of range (`param` names it), a prompt "
+         "longer than the context",
     401: "Missing or wrong API key",
     404: "Unknown model",
     413: "Body larger than the server's limit",
-    422: "A field of the wrong type or out of range",
     429: "Queue full; retry after the Retry-After header's seconds",
     503: "Not ready",
     504: "Timed out",

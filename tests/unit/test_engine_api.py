@@ -148,9 +148,9 @@ def test_abort_is_served_before_the_next_step_and_never_blocks_the_event_loop(ti
         stream = engine.generate([5, 6, 7], params, request_id="long")
         await stream.__anext__()
         for _ in range(20):  # many aborts of unknown ids, each waiting for the engine thread to serve it
-            before = len(engine.engine.steps)
+            before = engine.engine.num_steps
             assert await asyncio.to_thread(engine.abort, "nobody") is False
-            assert len(engine.engine.steps) - before <= 2
+            assert engine.engine.num_steps - before <= 2
         ticks = 0
 
         async def ticker():  # the event loop keeps running while an abort is in progress
@@ -160,9 +160,9 @@ def test_abort_is_served_before_the_next_step_and_never_blocks_the_event_loop(ti
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(ticker())
-        before = len(engine.engine.steps)
+        before = engine.engine.num_steps
         assert await engine.abort_async("long") is True
-        assert len(engine.engine.steps) - before <= 2 and engine.kv_usage == 0
+        assert engine.engine.num_steps - before <= 2 and engine.kv_usage == 0
         task.cancel()
         assert ticks > 0
         rest = [out async for out in stream]
@@ -210,3 +210,93 @@ def test_a_second_engine_on_the_same_model_takes_it_over_and_the_first_refuses_t
     finally:
         second.close()
     assert model.config._attn_implementation == "sdpa"
+
+
+class _SamplerFailingOn:
+    """The engine's sampler, except that it raises for any batch holding a request with this seed: a stand-in
+    for a per-request value that breaks sampling (grammar bitmasks will be the next such thing)."""
+
+    def __init__(self, sampler, seed: int):
+        self.sampler, self.seed = sampler, seed
+
+    def __call__(self, logits, requests):
+        if any(r.params.seed == self.seed for r in requests):
+            raise OverflowError("a value this request brought does not fit")
+        return self.sampler(logits, requests)
+
+
+def test_a_request_that_breaks_the_sampler_fails_alone_and_the_batch_goes_on(llm, tiny):
+    model, tokenizer = tiny
+    llm.engine.sampler = _SamplerFailingOn(llm.engine.sampler, seed=666)
+    prompts = varied_prompts(tokenizer, 4)
+    params = [SamplingParams(temperature=0, max_tokens=6)] * 4
+    params[1] = SamplingParams(temperature=1.0, seed=666, max_tokens=6)
+    outs = llm.generate(prompts, params)
+    assert outs[1].finish_reason == "error" and "OverflowError" in outs[1].error and outs[1].token_ids == []
+    for index in (0, 2, 3):  # the others are exactly what they would have been alone
+        assert outs[index].finish_reason == "length" and outs[index].error is None
+        assert outs[index].token_ids == hf_greedy(model, prompts[index], 6)
+    assert llm.engine.runner.cache.usage == 0 and not llm.engine.has_unfinished_requests()
+
+
+def test_a_request_whose_text_cannot_be_processed_fails_alone(llm, tiny):
+    model, tokenizer = tiny
+    prompts = varied_prompts(tokenizer, 3)
+    outs_before = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=5))
+    broken = SamplingParams(temperature=0, max_tokens=5, stop=("zz",))
+    original_add = llm.engine.add_request
+
+    def add_request(ids, params=None, **kwargs):  # the stop-string request's detokenizer fails on its 2nd token
+        request = original_add(ids, params, **kwargs)
+        if params is broken:
+            detokenizer, calls = request.detokenizer, []
+
+            def add(token):
+                calls.append(token)
+                if len(calls) == 2:
+                    raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+                detokenizer.__class__.add(detokenizer, token)
+            detokenizer.add = add
+        return request
+
+    llm.engine.add_request = add_request
+    outs = llm.generate(prompts, [SamplingParams(temperature=0, max_tokens=5), broken,
+                                  SamplingParams(temperature=0, max_tokens=5)])
+    assert outs[1].finish_reason == "error" and "UnicodeDecodeError" in outs[1].error
+    assert [outs[0].token_ids, outs[2].token_ids] == [outs_before[0].token_ids, outs_before[2].token_ids]
+    assert llm.engine.runner.cache.usage == 0
+
+
+def test_async_engine_refuses_one_bad_arrival_and_keeps_serving(tiny):
+    model, tokenizer = tiny
+    engine = AsyncLLM(model, tokenizer, kv_cache_tokens=1024, page_size=16)
+    ids = tokenizer("Hello there")["input_ids"]
+
+    async def last(params):
+        async with contextlib.aclosing(engine.generate(ids, params)) as stream:
+            async for out in stream:
+                pass
+        return out
+
+    async def main():
+        # a stop token id past the vocabulary is refused inside the engine thread (add_request)
+        bad, good = await asyncio.gather(last(SamplingParams(max_tokens=4, stop_token_ids=[10**9])),
+                                         last(SamplingParams(temperature=0, max_tokens=4)))
+        return bad, good, await last(SamplingParams(temperature=0, max_tokens=4))
+
+    try:
+        bad, good, after = asyncio.run(main())
+    finally:
+        engine.stop()
+        engine.engine.close()
+    assert bad.finish_reason == "error" and "stop_token_ids" in bad.error
+    assert good.finish_reason == after.finish_reason == "length" and good.token_ids == after.token_ids
+    assert engine.error is None
+
+
+def test_the_step_log_is_a_window_and_the_step_count_goes_on(tiny):
+    model, tokenizer = tiny
+    with LLM(model, tokenizer, kv_cache_tokens=1024, page_size=16, step_log_size=3) as engine:
+        engine.generate([tokenizer("Hello")["input_ids"]], SamplingParams(temperature=0, max_tokens=8))
+        assert engine.engine.num_steps == 8 and len(engine.steps) == 3
+        assert [s.index for s in engine.steps] == [5, 6, 7]

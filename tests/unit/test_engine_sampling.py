@@ -14,11 +14,20 @@ def req(params: SamplingParams, name: str = "r", eos: int = 2) -> Request:
     return Request(name, [1], params, eos_token_ids=frozenset({eos}), max_model_len=100)
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1),
-                                 dict(max_tokens=0), dict(min_tokens=5, max_tokens=4)])
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(temperature=float("nan")), dict(temperature=float("inf")),
+                                 dict(top_p=0), dict(top_p=1.5), dict(top_p=float("nan")), dict(top_k=-2),
+                                 dict(top_k=10**20), dict(max_tokens=0), dict(max_tokens=2**63),
+                                 dict(min_tokens=5, max_tokens=4), dict(seed=2**64), dict(stop_token_ids=[-1])])
 def test_sampling_params_refuse_bad_values(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+def test_top_k_minus_one_means_off_and_a_top_k_past_the_vocabulary_keeps_all():
+    assert SamplingParams(top_k=-1).top_k == 0
+    logits = torch.tensor([[0.0, 1.0, 2.0]])
+    seen = {Sampler(seed)(logits, [req(SamplingParams(temperature=1.0, top_k=2**63 - 1))])[0] for seed in range(40)}
+    assert seen == {0, 1, 2}
 
 
 def test_sampling_params_normalise_stops():

@@ -100,7 +100,8 @@ def test_abort_frees_pages_at_once():
 
 def test_status_order_makes_finished_a_comparison():
     assert RequestStatus.WAITING < RequestStatus.RUNNING < RequestStatus.PREEMPTED < RequestStatus.FINISHED_STOPPED
-    assert [s.is_finished for s in RequestStatus] == [False, False, False, True, True, True]
+    assert [s.is_finished for s in RequestStatus] == [False, False, False, True, True, True, True]
+    assert RequestStatus.FINISHED_ERROR.finish_reason == "error"
     assert RequestStatus.FINISHED_LENGTH.finish_reason == "length" and RequestStatus.RUNNING.finish_reason is None
 
 

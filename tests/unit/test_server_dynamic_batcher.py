@@ -67,6 +67,23 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on():
         assert batcher.submit("good").result(timeout=5) == "good"
 
 
+def test_one_bad_item_fails_alone_and_the_rest_of_its_batch_gets_results():
+    calls = []
+
+    def fn(xs):
+        calls.append(list(xs))
+        if "bad" in xs:
+            raise ValueError("boom")
+        return [x.upper() for x in xs]
+
+    with DynamicBatcher(fn, max_batch_size=8, max_queue_delay_ms=200) as batcher:
+        futures = batcher.submit_many(["a", "bad", "c"])
+        assert futures[0].result(timeout=5) == "A" and futures[2].result(timeout=5) == "C"
+        with pytest.raises(ValueError, match="boom"):
+            futures[1].result(timeout=5)
+    assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]  # the batch failed, so each ran alone
+
+
 def test_full_queue_refuses_and_cancelled_items_are_skipped():
     gate = threading.Event()
     computed = []

@@ -13,7 +13,7 @@ router = APIRouter(tags=["openai"], dependencies=[Depends(require_api_key)])
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, summary="Embed one text or a list of texts",
-             responses={s: ERROR_RESPONSES[s] for s in (400, 401, 404, 413, 422, 429, 503)})
+             responses={s: ERROR_RESPONSES[s] for s in (400, 401, 404, 413, 429, 503)})
 async def create_embeddings(body: EmbeddingRequest, request: Request):
     service = request.app.state.services.encoder_for(body.model)
     if body.dimensions is not None and body.dimensions != service.dimensions:

@@ -17,7 +17,7 @@ from ..schemas import ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest, Co
 from ..streaming import DONE, ChunkFormat, SSEResponse, full_response
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_api_key)])
-_ERRORS = {s: ERROR_RESPONSES[s] for s in (400, 401, 404, 413, 422, 429, 503, 504)}
+_ERRORS = {s: ERROR_RESPONSES[s] for s in (400, 401, 404, 413, 429, 503, 504)}
 # OpenAPI 3.1 cannot type an event stream: the schema only describes it (chunks shaped like the JSON answer).
 _STREAM_DOC = {"text/event-stream": {"schema": {"description": "with stream: true, chunks as Server-Sent Events "
                                                 "(`data: {json}`), ending with `data: [DONE]`"}}}
@@ -29,7 +29,7 @@ async def completions(body: CompletionRequest, request: Request):
     llm = request.app.state.services.llm_for(body.model)
     if body.echo:
         raise APIError(400, "echo is not supported.", param="echo", code="unsupported")
-    job = llm.start_job(llm.prompt_ids(body.prompt), body, request.state.request_id)
+    job = llm.start_job(await llm.prompt_ids(body.prompt), body, request.state.request_id)
     return await _respond(job, body, chat=False, request=request, model=llm.name)
 
 
@@ -39,7 +39,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     llm = request.app.state.services.llm_for(body.model)
     if body.max_completion_tokens is not None:
         body = body.model_copy(update={"max_tokens": body.max_completion_tokens})
-    job = llm.start_job(llm.chat_prompt_ids(body.messages), body, request.state.request_id)
+    job = llm.start_job(await llm.chat_prompt_ids(body.messages), body, request.state.request_id)
     return await _respond(job, body, chat=True, request=request, model=llm.name)
 
 
