@@ -42,6 +42,7 @@ class EngineConfig:
     prepack_weights: bool = True  # bfloat16 on CPU: linear weights reordered once for oneDNN (same results, +1x weights)
     adapt_threads: bool = True  # on CPU: fewer torch threads while another process shares the cores (engine/threads.py)
     step_log_size: int = 1024  # steps kept in `LLM.steps` (a window: about 2 KB a step at batch 32)
+    enable_prefix_caching: bool = True  # requests sharing a prompt prefix share its KV pages (vLLM's name)
 
     def __post_init__(self) -> None:
         if min(self.max_num_seqs, self.max_num_batched_tokens, self.page_size, self.step_log_size) < 1:

@@ -154,7 +154,7 @@ class AsyncLLM:
 
     @property
     def kv_usage(self) -> float:
-        return self.engine.runner.cache.usage
+        return self.engine.scheduler.blocks.usage
 
     @property
     def max_num_seqs(self) -> int:

@@ -9,6 +9,8 @@ and attends per request:
   in use gets its owner's query; a page's scores are masked where it holds no token of that owner. A softmax
   split over pages (each page's max and sum, then combined per request, as in flash-decoding) gives exact
   attention without copying any request's pages together: the work is proportional to the pages in use.
+  A page shared by several decodes (a cached prefix) is read in place for one of them and gathered once
+  for each other one: only shared pages are copied.
 * prefill chunks attend with SDPA: a prompt's first chunk over its own fresh keys (causal), a later chunk
   over its pages gathered from the cache (only long, chunked prompts pay for that copy).
 
@@ -45,8 +47,9 @@ class AttentionBatch:
     write_pages: torch.Tensor  # [tokens] page of each token's key/value
     write_offsets: torch.Tensor  # [tokens] offset inside that page
     num_decode: int  # the row starts with this many single-token decodes, one per request
-    num_pool_pages: int = 0  # decode attention reads pages [0, num_pool_pages)
-    page_owner: torch.Tensor | None = None  # [pool pages] which decode row each page belongs to (0 if none)
+    num_pool_pages: int = 0  # decode attention reads pages [0, num_pool_pages) in place
+    extra_pages: torch.Tensor | None = None  # pages shared by several decodes: read again for each other one
+    page_owner: torch.Tensor | None = None  # [pool pages + extra] which decode row each slot belongs to (0 if none)
     owner_index: torch.Tensor | None = None  # page_owner expanded for scatter_reduce
     page_bias: torch.Tensor | None = None  # [pool pages, 1, 1, page_size] 0 where the owner has a token, else -inf
     page_owner_matrix: torch.Tensor | None = None  # [decodes, pool pages] float32, 1 where the decode owns the page
@@ -89,8 +92,13 @@ class PagedAttention:
         # [heads, n, d] -> [n, kv_heads, groups, d]: the queries sharing a kv head sit together (GQA).
         # Scaling the few queries costs less than scaling the many scores.
         q = (q * scale).reshape(self.num_kv_heads, self.groups, n, head_dim).permute(2, 0, 1, 3)
-        page_q = q.index_select(0, batch.page_owner)  # [pool, kv_heads, groups, d]
-        scores = torch.matmul(page_q, keys[:pool].transpose(-1, -2))  # [pool, kv_heads, groups, page]
+        page_q = q.index_select(0, batch.page_owner)  # [slots, kv_heads, groups, d]
+        scores = torch.matmul(page_q[:pool], keys[:pool].transpose(-1, -2))  # [pool, kv_heads, groups, page]
+        extra = batch.extra_pages
+        if extra is not None:  # prefix-cache pages that other decodes share: only those are gathered
+            extra_scores = torch.matmul(page_q[pool:], keys.index_select(0, extra).transpose(-1, -2))
+            scores = torch.cat((scores, extra_scores))
+        slots = scores.shape[0]
         scores = torch.add(scores, batch.page_bias)  # masks, and promotes to float32 in the same pass
         page_max = scores.amax(-1, keepdim=True)
         row_max = scores.new_full((n, self.num_kv_heads, self.groups, 1), float("-inf"))
@@ -99,9 +107,12 @@ class PagedAttention:
         # Sum the pages of each request with one matmul by the [requests, pages] ownership matrix
         # (index_add_ over pages is a slow scatter on CPU).
         owners = batch.page_owner_matrix
-        denominator = owners @ probs.sum(-1).view(pool, -1)  # [n, kv_heads * groups]
-        page_out = torch.matmul(probs.to(values.dtype), values[:pool])  # [pool, kv_heads, groups, d]
-        out = owners @ page_out.view(pool, -1).float()  # [n, kv_heads * groups * d]
+        denominator = owners @ probs.sum(-1).view(slots, -1)  # [n, kv_heads * groups]
+        probs = probs.to(values.dtype)
+        page_out = torch.matmul(probs[:pool], values[:pool])  # [pool, kv_heads, groups, d]
+        if extra is not None:
+            page_out = torch.cat((page_out, torch.matmul(probs[pool:], values.index_select(0, extra))))
+        out = owners @ page_out.view(slots, -1).float()  # [n, kv_heads * groups * d]
         out = out.view(n, -1, head_dim).div_(denominator.unsqueeze(-1))
         return out.to(q.dtype)
 

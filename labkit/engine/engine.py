@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..config import EngineConfig
 from ..monitor.events import EventBus, QueueDepth, RequestFinished, StepStats
+from .block_manager import BlockManager
 from .model_runner import ModelRunner
 from .outputs import RequestOutput
 from .request import Request
@@ -52,7 +53,8 @@ class LLMEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.runner = ModelRunner(model, self.config)
-        self.scheduler = Scheduler(self.config, self.runner.cache)
+        self.scheduler = Scheduler(self.config, BlockManager(self.runner.cache.num_pages, self.config.page_size,
+                                                             self.config.enable_prefix_caching))
         self.sampler = Sampler(self.config.seed)
         self.max_model_len = self._max_model_len(model.config)
         self.vocab_size = model.get_input_embeddings().num_embeddings
@@ -110,7 +112,7 @@ class LLMEngine:
         if self.bus.has_subscribers:
             self._publish_finished(request)
             self.bus.publish(QueueDepth("engine", running=self.num_running, waiting=self.num_waiting,
-                                        kv_usage=self.runner.cache.usage))
+                                        kv_usage=self.scheduler.blocks.usage))
         return request.output([])
 
     # ---- the loop ----
@@ -127,7 +129,7 @@ class LLMEngine:
             if observed else 0
         # A forward pass that raises is the engine's failure, not one request's (prompts were validated on
         # entry): it propagates. What is per request (sampling, token processing) fails that request alone.
-        logits, samplers = self.runner.execute(plan.scheduled)
+        logits, samplers = self.runner.execute(plan.scheduled, plan.block_tables)
         tokens = self._sample(logits, [item.request for item in samplers])
         sampled = {item.request.request_id: token for item, token in zip(samplers, tokens)}
         changed = self.scheduler.update(plan, sampled)
@@ -164,14 +166,15 @@ class LLMEngine:
                 self._publish_finished(request)
         self.bus.publish(StepStats("engine", batch_size=len(plan.scheduled), prefill_tokens=plan.num_tokens - decodes,
                                    decode_tokens=decodes, duration_s=duration, running=self.num_running,
-                                   waiting=self.num_waiting, kv_usage=self.runner.cache.usage, output_tokens=sampled))
+                                   waiting=self.num_waiting, kv_usage=self.scheduler.blocks.usage, output_tokens=sampled))
 
     def _publish_finished(self, request) -> None:
         m = request.metrics()
         self.bus.publish(RequestFinished("engine", finish_reason=request.status.finish_reason or "abort",
                                          prompt_tokens=m.num_prompt_tokens, output_tokens=m.num_output_tokens,
                                          queue_s=m.queue_time_s, ttft_s=m.ttft_s, e2e_s=m.e2e_latency_s,
-                                         itl_s=tuple(m.inter_token_latencies_s)))
+                                         itl_s=tuple(m.inter_token_latencies_s),
+                                         cached_tokens=request.num_cached_tokens))
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -188,7 +191,7 @@ class LLMEngine:
         """Queue lengths, preemptions and KV cache use (pages held, how full they are, bytes reserved)."""
         threads = {} if self.threads is None else {"cpu_threads": self.threads.threads,
                                                     "cpu_thread_changes": self.threads.changes}
-        return {**self.scheduler.stats(), "max_model_len": self.max_model_len, "num_steps": self.num_steps, **threads}
+        return {**self.scheduler.stats(), **self.runner.cache.stats(), "max_model_len": self.max_model_len, "num_steps": self.num_steps, **threads}
 
     def close(self) -> None:
         """Abort what is left, give the model back its own attention and the process its thread count."""

@@ -74,7 +74,8 @@ class ModelRunner:
         self.packed_linears = []
 
     @torch.inference_mode()
-    def execute(self, scheduled: list[ScheduledRequest]) -> tuple[torch.Tensor, list[ScheduledRequest]]:
+    def execute(self, scheduled: list[ScheduledRequest],
+                block_tables: dict[str, list[int]]) -> tuple[torch.Tensor, list[ScheduledRequest]]:
         """Run the step. Returns logits [samplers, vocab] and the scheduled requests they belong to."""
         if self.taken_over:
             raise RuntimeError("Another engine now drives this model object, so this one stopped; use one engine "
@@ -93,7 +94,7 @@ class ModelRunner:
             request = item.request
             start = request.num_computed_tokens
             end = start + item.num_tokens
-            table = self.cache.page_tables[request.request_id]
+            table = block_tables[request.request_id]
             row = len(token_ids)
             token_ids.extend(request.token_ids[start:end])
             positions.extend(range(start, end))
@@ -111,7 +112,7 @@ class ModelRunner:
             num_decode=len(decodes),
             prefills=tuple(chunks))
         if decodes:
-            self._describe_decodes(batch, decodes)
+            self._describe_decodes(batch, decodes, block_tables)
         self.attention.batch = batch
         try:
             out = self.model(input_ids=torch.tensor([token_ids], device=device),
@@ -127,33 +128,44 @@ class ModelRunner:
         # A later chunk of a long prompt: it attends to the cached start of the prompt and causally to itself.
         query_positions = torch.arange(start, end, device=self.device).unsqueeze(1)
         mask = torch.arange(end, device=self.device).unsqueeze(0) <= query_positions
-        pages = torch.tensor(table[:self.cache.pages_for(end)], device=self.device)
+        pages = torch.tensor(table[:-(-end // self.page_size)], device=self.device)
         return PrefillChunk(row, row + end - start, context_pages=pages, mask=mask, context_len=end)
 
-    def _describe_decodes(self, batch: AttentionBatch, decodes: list[ScheduledRequest]) -> None:
-        """Which decode owns each page of the pool, and how many of that page's slots it has filled."""
+    def _describe_decodes(self, batch: AttentionBatch, decodes: list[ScheduledRequest],
+                          block_tables: dict[str, list[int]]) -> None:
+        """Which decode owns each page of the pool, and how many of that page's slots it has filled. A page
+        shared through the prefix cache belongs to its first decode here; each other decode that reads it
+        gets an extra (decode, page) pair, gathered from the pool on its own."""
         page_size = self.page_size
-        tables = [self.cache.page_tables[d.request.request_id] for d in decodes]
+        tables = [block_tables[d.request.request_id] for d in decodes]
         pool = 1 + max(max(t) for t in tables)
         owner = [0] * pool
         filled = [0] * pool
+        extra_owner: list[int] = []
+        extra_pages: list[int] = []
         for row, (item, table) in enumerate(zip(decodes, tables)):
             context = item.request.num_computed_tokens + 1  # the cached tokens and the new one
-            for index in range(self.cache.pages_for(context)):
+            for index in range(-(-context // page_size)):
                 page = table[index]
+                if filled[page]:  # shared, hence full: another decode already reads it in place
+                    extra_owner.append(row)
+                    extra_pages.append(page)
+                    continue
                 owner[page] = row
                 filled[page] = min(page_size, context - index * page_size)
         device = self.device
-        owner_tensor = torch.tensor(owner, device=device)
-        filled_tensor = torch.tensor(filled, device=device)
-        visible = self.page_slots.unsqueeze(0) < filled_tensor.unsqueeze(1)  # [pool, page]
-        bias = torch.zeros(pool, page_size, device=device).masked_fill_(~visible, float("-inf"))
+        owner_tensor = torch.tensor(owner + extra_owner, device=device)
+        filled_tensor = torch.tensor(filled + [page_size] * len(extra_pages), device=device)
+        slots = len(owner) + len(extra_owner)
+        visible = self.page_slots.unsqueeze(0) < filled_tensor.unsqueeze(1)  # [slots, page]
+        bias = torch.zeros(slots, page_size, device=device).masked_fill_(~visible, float("-inf"))
         batch.num_pool_pages = pool
+        batch.extra_pages = torch.tensor(extra_pages, device=device) if extra_pages else None
         batch.page_owner = owner_tensor
-        batch.owner_index = owner_tensor.view(pool, 1, 1, 1).expand(
-            pool, self.attention.num_kv_heads, self.attention.groups, 1)
-        batch.page_bias = bias.view(pool, 1, 1, page_size)
+        batch.owner_index = owner_tensor.view(slots, 1, 1, 1).expand(
+            slots, self.attention.num_kv_heads, self.attention.groups, 1)
+        batch.page_bias = bias.view(slots, 1, 1, page_size)
         owned = filled_tensor > 0
-        matrix = torch.zeros(len(decodes), pool, device=device)
-        matrix[owner_tensor[owned], torch.arange(pool, device=device)[owned]] = 1.0
+        matrix = torch.zeros(len(decodes), slots, device=device)
+        matrix[owner_tensor[owned], torch.arange(slots, device=device)[owned]] = 1.0
         batch.page_owner_matrix = matrix

@@ -50,6 +50,7 @@ class Request:
         self.token_ids = list(prompt_token_ids)  # prompt + output: what a recompute after preemption replays
         self.output_token_ids: list[int] = []
         self.num_computed_tokens = 0  # tokens whose keys and values are in the KV cache
+        self.num_cached_tokens: int | None = None  # prompt tokens found in the prefix cache when first scheduled
         self.num_preemptions = 0
         self.stop_reason: int | str | None = None
         self.error: str | None = None  # why it ended with FINISHED_ERROR
@@ -153,4 +154,5 @@ class Request:
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
             token_ids=list(self.output_token_ids), new_token_ids=new_token_ids,
             text=self.text if finished else None, finished=finished, finish_reason=self.status.finish_reason,
-            stop_reason=self.stop_reason, metrics=self.metrics() if finished else None, error=self.error)
+            stop_reason=self.stop_reason, metrics=self.metrics() if finished else None, error=self.error,
+            num_cached_tokens=self.num_cached_tokens or 0)

@@ -9,6 +9,11 @@ Policy, in order of priority:
 3. A running request that needs a page when none is free takes it from the newest running request, which is
    preempted: its pages are freed and it goes back to the front of the queue, to be recomputed from its
    prompt and the tokens it already produced (recompute-style preemption; greedy outputs are unchanged).
+4. A request entering the batch first takes the cached pages of its longest cached prefix (automatic prefix
+   caching, block_manager.py): those tokens are not computed again. After each step, pages that became full
+   are given keys, so the next request with the same prefix finds them.
+
+The output is plain data (which requests, how many tokens each, their page tables) for the runner.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..config import EngineConfig
-from .kv_cache import PagedKVCache
+from .block_manager import BlockManager
 from .request import Request, RequestStatus
 
 
@@ -36,6 +41,7 @@ class ScheduledRequest:
 class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    block_tables: dict[str, list[int]] = field(default_factory=dict)  # request id -> its pages, in order
 
     @property
     def num_tokens(self) -> int:
@@ -46,9 +52,9 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, cache: PagedKVCache):
+    def __init__(self, config: EngineConfig, blocks: BlockManager):
         self.config = config
-        self.cache = cache
+        self.blocks = blocks
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # oldest first; the newest is the first to be preempted
         self.num_preemptions = 0
@@ -74,28 +80,37 @@ class Scheduler:
             else:  # the request preempted itself: nothing newer is left running
                 break
         if out.preempted:  # memory is short: admitting more now would only preempt again
-            self.peak_pages_used = self.cache.num_pages  # it was full: that is why someone was preempted
-            return out
+            self.peak_pages_used = self.blocks.num_pages  # it was full: that is why someone was preempted
+            return self._with_tables(out)
         now = time.perf_counter()
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
-            num_tokens = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self.cache.reserve(request.request_id, request.num_computed_tokens + num_tokens):
+            hits = self.blocks.match(request.token_ids)
+            cached = len(hits) * self.blocks.page_size
+            num_tokens = min(request.num_tokens - cached, budget)
+            if not self.blocks.allocate(request.request_id, hits, cached + num_tokens):
                 break
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
-            if request.first_scheduled_time is None:
+            request.num_computed_tokens = cached
+            if request.first_scheduled_time is None:  # counted once, not again after a preemption
                 request.first_scheduled_time = now
+                request.num_cached_tokens = cached
+                self.blocks.count_lookup(request.num_prompt_tokens, cached)
             self.running.append(request)
             out.scheduled.append(ScheduledRequest(request, num_tokens))
             budget -= num_tokens
-        self.peak_pages_used = max(self.peak_pages_used, self.cache.num_used_pages)
+        self.peak_pages_used = max(self.peak_pages_used, self.blocks.num_used_pages)
+        return self._with_tables(out)
+
+    def _with_tables(self, out: SchedulerOutput) -> SchedulerOutput:
+        out.block_tables = {s.request.request_id: self.blocks.tables[s.request.request_id] for s in out.scheduled}
         return out
 
     def _make_room(self, request: Request, num_tokens: int, out: SchedulerOutput) -> bool:
         """Reserve pages for `num_tokens` of `request`, preempting the newest requests until they fit.
         False if `request` itself had to be preempted."""
-        while not self.cache.reserve(request.request_id, num_tokens):
+        while not self.blocks.reserve(request.request_id, num_tokens):
             victim = self.running.pop()
             self._preempt(victim)
             out.preempted.append(victim)
@@ -104,7 +119,7 @@ class Scheduler:
         return True
 
     def _preempt(self, request: Request) -> None:
-        self.cache.free(request.request_id)
+        self.blocks.free(request.request_id)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
@@ -120,6 +135,7 @@ class Scheduler:
         for item in out.scheduled:
             request = item.request
             request.num_computed_tokens += item.num_tokens
+            self.blocks.cache_computed(request.request_id, request.token_ids, request.num_computed_tokens)
             token = sampled.get(request.request_id)
             if token is None:
                 continue
@@ -154,7 +170,7 @@ class Scheduler:
 
     def _retire(self, request: Request, status: RequestStatus, now: float) -> None:
         request.finish(status, now)
-        self.cache.free(request.request_id)
+        self.blocks.free(request.request_id)
         if request in self.running:
             self.running.remove(request)
         else:
@@ -163,4 +179,4 @@ class Scheduler:
     def stats(self) -> dict:
         return {"num_running": len(self.running), "num_waiting": len(self.waiting),
                 "num_preemptions": self.num_preemptions,
-                "kv_peak_usage": self.peak_pages_used / self.cache.num_pages, **self.cache.stats()}
+                "kv_peak_usage": self.peak_pages_used / self.blocks.num_pages, **self.blocks.stats()}

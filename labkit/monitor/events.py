@@ -37,6 +37,7 @@ class RequestFinished(Event):
     ttft_s: float | None = None
     e2e_s: float | None = None
     itl_s: tuple[float, ...] = ()
+    cached_tokens: int | None = None  # prompt tokens found in the prefix cache; None if it was never scheduled
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,6 +211,10 @@ class ServingMetrics:
                                     kv_usage))
         self.prompt_tokens = r.add(Counter("labkit:prompt_tokens_total", "Prompt tokens processed."))
         self.generation_tokens = r.add(Counter("labkit:generation_tokens_total", "Tokens generated."))
+        self.prefix_queries = r.add(Counter("labkit:prefix_cache_queries_total", "Prompt tokens looked up in the "
+                                            "prefix cache."))
+        self.prefix_hits = r.add(Counter("labkit:prefix_cache_hits_total", "Prompt tokens found in the prefix "
+                                         "cache (their keys and values were not computed again)."))
         self.success = r.add(Counter("labkit:request_success_total", "Finished requests by finish reason.",
                                      ("finished_reason",)))
         self.errors = r.add(Counter("labkit:request_errors_total", "Requests answered with an HTTP error.",
@@ -257,7 +261,7 @@ class ServingMetrics:
         if isinstance(event, RequestFinished):
             self.record_finished(finish_reason=event.finish_reason, prompt_tokens=event.prompt_tokens,
                                  output_tokens=event.output_tokens, queue_s=event.queue_s, ttft_s=event.ttft_s,
-                                 itl_s=event.itl_s, e2e_s=event.e2e_s)
+                                 itl_s=event.itl_s, e2e_s=event.e2e_s, cached_tokens=event.cached_tokens)
         elif isinstance(event, StepStats):
             self.batch_size.observe(event.batch_size)
             self.step_tokens.observe(event.prefill_tokens + event.decode_tokens)
@@ -281,10 +285,15 @@ class ServingMetrics:
 
     def record_finished(self, *, finish_reason: str, prompt_tokens: int, output_tokens: int,
                         queue_s: float | None = None, ttft_s: float | None = None,
-                        itl_s: Iterable[float] = (), e2e_s: float | None = None) -> None:
+                        itl_s: Iterable[float] = (), e2e_s: float | None = None,
+                        cached_tokens: int | None = None) -> None:
         """One finished generation request, from the engine's per-request timings. A cancelled one ("abort":
-        a client that hung up, a timeout, shutdown) counts, but its timings stay out of the latency histograms."""
+        a client that hung up, a timeout, shutdown) counts, but its timings stay out of the latency histograms.
+        `cached_tokens` (None if it never reached the batch) feeds the prefix-cache counters."""
         self.prompt_tokens.inc(prompt_tokens)
+        if cached_tokens is not None:
+            self.prefix_queries.inc(prompt_tokens)
+            self.prefix_hits.inc(cached_tokens)
         self.generation_tokens.inc(output_tokens)
         self.success.inc(finished_reason=finish_reason)
         if finish_reason == "abort":

@@ -17,6 +17,7 @@ class Step:
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     error: str | None = None  # with "error": what failed
+    num_cached_tokens: int = 0  # prompt tokens that came from the prefix cache (set once finished)
 
 
 class EngineBridge:
@@ -66,4 +67,4 @@ class EngineBridge:
             if not out.finished:
                 yield Step(out.new_token_ids, out.text or "")
                 continue
-            yield Step(out.new_token_ids, out.text or "", True, out.finish_reason, out.error)
+            yield Step(out.new_token_ids, out.text or "", True, out.finish_reason, out.error, out.num_cached_tokens)

@@ -131,6 +131,7 @@ class GenerationJob:
         self.engine_id = f"{request_id}#{next(service.engine_ids)}"
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
+        self.cached_tokens = 0
         self.finish_reason: str | None = None
         self.ttft_s: float | None = None
         self.started = time.perf_counter()
@@ -149,7 +150,8 @@ class GenerationJob:
 
     def usage(self) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
 
     def _emit(self, text: str) -> str:
         self._emitted += text
@@ -178,6 +180,7 @@ class GenerationJob:
             if step.finished:
                 self._engine_done = True
                 self.finish_reason = step.finish_reason
+                self.cached_tokens = step.num_cached_tokens
                 if self._cancel_reason is not None:
                     raise APIError(503, self._cancel_reason, code="cancelled")
                 if step.finish_reason == "error":  # this request alone failed in the engine; the others go on

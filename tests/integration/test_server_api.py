@@ -249,3 +249,19 @@ def test_a_client_reusing_its_request_id_concurrently_is_served_twice(server):
     responses = asyncio.run(both())
     assert [r.status_code for r in responses] == [200, 200]
     assert all(r.headers["x-request-id"] == "dup" for r in responses)
+
+
+def test_a_repeated_prompt_is_served_from_the_prefix_cache_and_says_so(client, server):
+    prompt = "a prompt seen twice " * 40  # 160+ tokens: at least two full 64-token pages
+    first = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0)
+    second = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= 128 and cached % 64 == 0 and cached < second.usage.prompt_tokens
+    assert second.choices[0].text == first.choices[0].text
+    metrics = httpx.get(server.url + "/metrics").text
+    hits = next(float(line.split()[-1]) for line in metrics.splitlines()
+                if line.startswith("labkit:prefix_cache_hits_total"))
+    queries = next(float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("labkit:prefix_cache_queries_total"))
+    assert hits >= cached and queries >= 2 * second.usage.prompt_tokens

@@ -117,7 +117,7 @@ def test_stop_drains_in_flight_requests_before_exiting(tiny_llm):
 
 
 def _kv_pages_used(server) -> int:
-    return server.app.state.services.llm.engine.engine.engine.runner.cache.num_used_pages
+    return server.app.state.services.llm.engine.engine.engine.scheduler.blocks.num_used_pages
 
 
 def test_client_disconnect_cancels_the_request_and_frees_its_kv_pages(default_llm_fp32):

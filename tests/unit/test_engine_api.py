@@ -203,7 +203,7 @@ def test_a_second_engine_on_the_same_model_takes_it_over_and_the_first_refuses_t
             first.generate([ids], greedy)
         [out] = second.generate([ids], greedy)  # the newcomer's cache was never written by the first
         assert out.token_ids == hf_greedy(model, ids, 4)
-        assert second.engine.runner.cache.usage == 0
+        assert second.engine.scheduler.blocks.usage == 0
         first.close()  # closing the displaced engine leaves the newcomer attached
         assert model.config._attn_implementation != "sdpa"
         assert second.generate([ids], greedy)[0].token_ids == out.token_ids
@@ -236,7 +236,7 @@ def test_a_request_that_breaks_the_sampler_fails_alone_and_the_batch_goes_on(llm
     for index in (0, 2, 3):  # the others are exactly what they would have been alone
         assert outs[index].finish_reason == "length" and outs[index].error is None
         assert outs[index].token_ids == hf_greedy(model, prompts[index], 6)
-    assert llm.engine.runner.cache.usage == 0 and not llm.engine.has_unfinished_requests()
+    assert llm.engine.scheduler.blocks.usage == 0 and not llm.engine.has_unfinished_requests()
 
 
 def test_a_request_whose_text_cannot_be_processed_fails_alone(llm, tiny):
@@ -264,7 +264,7 @@ def test_a_request_whose_text_cannot_be_processed_fails_alone(llm, tiny):
                                   SamplingParams(temperature=0, max_tokens=5)])
     assert outs[1].finish_reason == "error" and "UnicodeDecodeError" in outs[1].error
     assert [outs[0].token_ids, outs[2].token_ids] == [outs_before[0].token_ids, outs_before[2].token_ids]
-    assert llm.engine.runner.cache.usage == 0
+    assert llm.engine.scheduler.blocks.usage == 0
 
 
 def test_async_engine_refuses_one_bad_arrival_and_keeps_serving(tiny):
