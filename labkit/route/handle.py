@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -10,7 +11,10 @@ from dataclasses import dataclass
 import uvicorn
 
 from ..config import RouterConfig
+from ..server.hardening import HostGuard, allowed_hosts_for, guarded_protocol
 from .router import Router
+
+STOP_MARGIN_S = 10.0  # beyond the drain timeout: ending the last requests, closing connections, the lifespan
 
 
 @dataclass(eq=False)
@@ -36,10 +40,33 @@ class StaticPool:
         self._down_until[replica.name] = time.monotonic() + self.cooldown_s
 
 
+class RouterServer(uvicorn.Server):
+    """uvicorn for a router, hardened and draining. The app is the router behind a Host-header allow-list
+    (`allowed_hosts_for(config.host, config.allowed_hosts)`); the protocol closes a connection whose request
+    line and headers take over `config.header_timeout_s`. On stop, while still listening, it drains the
+    router (new requests 503, in-flight ones `config.drain_timeout_s`, then each ends with an error), and
+    only then lets uvicorn close connections: its own graceful timeout is longer, so it never cuts one."""
+
+    def __init__(self, router: Router, config: RouterConfig, log_level: str = "warning"):
+        self.router = router
+        app = HostGuard(router, allowed_hosts_for(config.host, config.allowed_hosts))
+        super().__init__(uvicorn.Config(
+            app, host=config.host, port=config.port, log_level=log_level, access_log=False, lifespan="on",
+            ws="none", server_header=False, date_header=False, proxy_headers=False,
+            http=guarded_protocol(config.header_timeout_s),
+            timeout_graceful_shutdown=math.ceil(config.drain_timeout_s) + 5))
+
+    async def shutdown(self, sockets=None) -> None:
+        drain = asyncio.ensure_future(self.router.drain())
+        while not drain.done():
+            if self.force_exit:  # a second Ctrl-C: end what is still running now, with its error
+                self.router.end_drain_now()
+            await asyncio.wait((drain,), timeout=0.1)
+        await super().shutdown(sockets)
+
+
 def uvicorn_server(router: Router, config: RouterConfig, log_level: str = "warning") -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(router, host=config.host, port=config.port, log_level=log_level,
-                                         access_log=False, lifespan="on", ws="none", server_header=False,
-                                         date_header=False, proxy_headers=False, timeout_graceful_shutdown=10))
+    return RouterServer(router, config, log_level)
 
 
 class RouterHandle:
@@ -47,7 +74,8 @@ class RouterHandle:
 
     def __init__(self, router: Router, config: RouterConfig, startup_timeout: float = 30.0):
         self.router = router
-        self._server = uvicorn_server(router, config)
+        self._grace = config.drain_timeout_s
+        self._server = RouterServer(router, config)
         failure: list[BaseException] = []
 
         def run():
@@ -72,9 +100,11 @@ class RouterHandle:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain and stop: new requests get 503, in-flight ones have the drain timeout, then end with an
+        error; returns once the router has stopped (or after `timeout`, default the drain timeout + 10 s)."""
         self._server.should_exit = True
-        self._thread.join(timeout)
+        self._thread.join(self._grace + STOP_MARGIN_S if timeout is None else timeout)
 
     def __enter__(self) -> RouterHandle:
         return self

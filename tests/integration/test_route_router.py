@@ -179,7 +179,7 @@ def test_a_replica_that_dies_mid_stream_ends_the_stream_with_an_error_event(slow
             assert r.status_code == 200
             events = [line for line in r.iter_lines() if line.startswith("data:")]
         assert events[0] == 'data: {"choices": []}'
-        assert json.loads(events[-1][5:])["error"]["code"] == "replica_failed"
+        assert json.loads(events[-2][5:])["error"]["code"] == "replica_failed" and events[-1] == "data: [DONE]"
         assert settled_in_flight(router) == 0
 
 
