@@ -10,6 +10,12 @@ that dies is replaced within a second), starts replicas up to the target and dra
 to it. A second thread does the HTTP: `/ready` of starting replicas, `/health` of ready ones every
 `interval_s` (three misses in a row and the replica is killed and replaced), so a slow replica never delays
 the first. Every process is started by the supervisor, and killed at exit if the pool was not stopped.
+
+Draining (scale-down, `stop()`): the replica leaves the ready set at once (the router sends it nothing new),
+then gets SIGTERM. Each replica runs with `--drain-timeout` = `config.drain_timeout_s`, so its own grace is
+the pool's: in-flight requests finish within it, those still running then end with an error event; the
+pool kills the process only `STOP_MARGIN_S` after that. Replicas run in a session of their own, so a
+Ctrl-C in the terminal reaches the pool's owner, which drains in order, and not the replicas directly.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from .process import Replica, ReplicaState, default_threads
 _ANNOUNCE = re.compile(rb"serving .* on (http://\S+?) \(")
 HEALTH_MISSES = 3  # consecutive failed /health checks before a replica is replaced
 TICK_S = 0.05
+STOP_MARGIN_S = 10.0  # after a replica's drain timeout: time to end its last requests and exit, before SIGKILL
 
 
 class ReplicaPool:
@@ -42,17 +49,21 @@ class ReplicaPool:
 
     `model`/`encoder` are what each replica serves (aliases, hub ids or paths); `serve_args` are extra
     `labkit serve` flags (for example `["--max-num-seqs", "8"]`). `name` prefixes the replicas' names and is
-    the source of the `ReplicaCount` events published on `bus`.
+    the source of the `ReplicaCount` events published on `bus`. `api_key`, if given, is the key every
+    replica asks for (passed as `LABKIT_API_KEY` in its environment, never on its command line; without it
+    the replicas inherit this process's `LABKIT_API_KEY`, if any).
     """
 
     def __init__(self, model: str | None = "smollm2-135m-instruct", replicas: int = 1, *, encoder: str | None = None,
                  config: ScaleConfig | None = None, serve_args: list[str] | tuple[str, ...] = (), name: str = "replica",
-                 bus: EventBus | None = None, host: str = "127.0.0.1", log_dir: str | Path | None = None):
+                 bus: EventBus | None = None, host: str = "127.0.0.1", log_dir: str | Path | None = None,
+                 api_key: str | None = None):
         if model is None and encoder is None:
             raise ValueError("ReplicaPool: give a model, an encoder, or both")
         self.config = config or ScaleConfig(min_replicas=replicas, max_replicas=max(1, replicas))
         self.model, self.encoder, self.name, self.host = model, encoder, name, host
         self.serve_args = list(serve_args)
+        self.api_key = api_key
         self.bus = bus or EventBus()
         self.target = replicas
         self._replicas: list[Replica] = []
@@ -126,8 +137,10 @@ class ReplicaPool:
             replica.health_misses = max(replica.health_misses, HEALTH_MISSES - 1)
             self._next_health = 0.0
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Drain every replica (SIGTERM: in-flight requests finish), kill what is left after `timeout`."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain every replica (SIGTERM: in-flight requests finish within the drain timeout, then end with an
+        error), kill what is left after `timeout` (default: the drain timeout + `STOP_MARGIN_S`)."""
+        timeout = self.config.drain_timeout_s + STOP_MARGIN_S if timeout is None else timeout
         self._stop.set()
         for thread in (self._thread, self._prober):
             if thread is not None:
@@ -196,7 +209,7 @@ class ReplicaPool:
         extra = len(live) - self.target
         if extra > 0:  # drain the newest first (starting ones before ready ones)
             for replica in sorted(live, key=lambda r: (r.state == ReplicaState.READY, -r.started_at))[:extra]:
-                self._terminate(replica, grace_s=30.0)
+                self._terminate(replica, grace_s=self.config.drain_timeout_s + STOP_MARGIN_S)
         self._refresh_ready()
 
     def _spawn(self) -> None:
@@ -204,12 +217,16 @@ class ReplicaPool:
         threads = self.config.threads_per_replica or default_threads(max(self.target, 1))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                "LABKIT_REPLICA": name, "PYTHONUNBUFFERED": "1"}
+        if self.api_key:
+            env["LABKIT_API_KEY"] = self.api_key
         command = [sys.executable, "-m", "labkit.cli", "serve", "--model", self.model or "none",
                    "--encoder", self.encoder or "none", "--host", self.host, "--port", "0", *self.serve_args]
+        if "--drain-timeout" not in self.serve_args:  # the replica's own grace is the pool's
+            command += ["--drain-timeout", f"{self.config.drain_timeout_s:g}"]
         log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "wb") as log:
+        with open(log_path, "wb") as log:  # a session of its own: only the pool signals it (see the module doc)
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=env)
+                                       env=env, start_new_session=True)
         with self._lock:
             self._replicas.append(Replica(name, process, log_path, threads))
 
