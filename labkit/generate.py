@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .engine import LLM, SamplingParams
-from .engine.detokenizer import IncrementalDetokenizer
 from .models import LoadedModel
 
 # One prompt needs one sequence and a cache as long as the context it may use, not a server-sized one.
@@ -20,16 +19,13 @@ def stream_generate(loaded: LoadedModel, prompt: str, *, max_tokens: int = 128, 
     try:
         ids = llm.encode([{"role": "user", "content": prompt}] if chat else prompt)
         params = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
-        detokenizer = IncrementalDetokenizer(loaded.tokenizer)
         engine = llm.engine
-        engine.add_request(ids, params, prompt=prompt)
-        count = 0
+        engine.add_request(ids, params, prompt=prompt, stream_text=True)
+        shown = ""
         while engine.has_unfinished_requests():
             for output in engine.step():
-                for token in output.new_token_ids:
-                    count += 1
-                    piece = detokenizer.add(token, final=output.finished)
-                    if piece:
-                        yield piece, count
+                piece, shown = output.text[len(shown):], output.text
+                if piece:
+                    yield piece, len(output.token_ids)
     finally:
         llm.close()

@@ -14,6 +14,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from importlib import metadata
 
 import torch
@@ -21,9 +22,10 @@ import torch
 from ..config import EngineConfig
 from ..openmp import apply_openmp_defaults
 from . import baselines, roofline
-from .engine_workload import EngineWorkload
+from .engine_workload import WORKLOADS
 
 SYSTEMS = ("hf-sequential", "hf-static", "hf-continuous", "labkit")
+PREFIX_SYSTEMS = ("labkit-no-prefix-cache", "labkit")  # --workload shared-prefix: the cache off, then on
 
 
 def machine() -> dict:
@@ -65,6 +67,7 @@ def run_labkit(loaded, prompts, lengths, config: EngineConfig) -> tuple[baseline
 
     with LLM(loaded.model, loaded.tokenizer, config) as llm:
         llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
+        llm.reset_prefix_cache()  # the timed run starts cold: nothing of the warm-up's prompts is cached
         params = [SamplingParams(temperature=0, max_tokens=n, min_tokens=n, ignore_eos=True) for n in lengths]
         started, steps_before = time.perf_counter(), llm.engine.num_steps
         outs = llm.generate(prompts, params, use_tqdm=False)
@@ -81,17 +84,49 @@ def run_labkit(loaded, prompts, lengths, config: EngineConfig) -> tuple[baseline
     return baselines.SystemRun(wall, timings, f"EngineConfig{_fields(config)}"), extra
 
 
+def run_prefix_cache(loaded, prompts, lengths, config: EngineConfig) -> tuple[baselines.SystemRun, dict]:
+    """The shared-prefix workload on labkit as `config` says (cache on or off): each request alone, in
+    order, for its TTFT (what one user of a long-prompt assistant waits); then all at once, from a cold
+    cache, for tokens/s."""
+    from ..engine import LLM, SamplingParams
+
+    def exact(n):
+        return SamplingParams(temperature=0, max_tokens=n, min_tokens=n, ignore_eos=True)
+
+    with LLM(loaded.model, loaded.tokenizer, config) as llm:
+        llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)  # warm-up
+        llm.reset_prefix_cache()
+        alone = [llm.generate([p], exact(n), use_tqdm=False)[0] for p, n in zip(prompts, lengths)]
+        llm.reset_prefix_cache()
+        started = time.perf_counter()
+        outs = llm.generate(prompts, [exact(n) for n in lengths], use_tqdm=False)
+        wall = time.perf_counter() - started
+        stats = llm.stats()
+    timings = [baselines.RequestTiming(len(o.token_ids), o.metrics.ttft_s, o.metrics.e2e_latency_s) for o in outs]
+    after_first = [o.metrics.ttft_s for o in alone[1:]]
+    extra = {"ttft_alone_first_s": round(alone[0].metrics.ttft_s, 4),
+             "ttft_alone_after_first_mean_s": round(statistics.fmean(after_first), 4),
+             "cached_tokens_alone": sum(o.num_cached_tokens for o in alone),
+             "cached_tokens_batch": sum(o.num_cached_tokens for o in outs),
+             "prefix_cache_hit_rate": round(stats["prefix_cache_hit_rate"], 3)}
+    return baselines.SystemRun(wall, timings, f"EngineConfig{_fields(config)}"), extra
+
+
 def _fields(config: EngineConfig) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in vars(config).items()) + ")"
 
 
 def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed: int = 0, dtype: str = "bfloat16",
-                 systems: tuple[str, ...] = SYSTEMS, config: EngineConfig | None = None, log=print) -> dict:
+                 systems: tuple[str, ...] | None = None, config: EngineConfig | None = None, log=print,
+                 workload_name: str = "default") -> dict:
     from ..models import load_model
 
     config = config or EngineConfig()
+    systems = systems or (PREFIX_SYSTEMS if workload_name == "shared-prefix" else SYSTEMS)
     loaded = load_model(model, device="cpu", dtype=dtype, progress=False)
-    workload = EngineWorkload(num_requests=requests, seed=seed)
+    if workload_name not in WORKLOADS:
+        raise ValueError(f"Unknown workload {workload_name!r}; choose from {', '.join(WORKLOADS)}.")
+    workload = WORKLOADS[workload_name](num_requests=requests, seed=seed)
     chats, lengths = zip(*workload.requests())
     tokenizer = loaded.tokenizer
     prompts = [tokenizer(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
@@ -113,11 +148,18 @@ def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed:
             run = baselines.hf_continuous(loaded.model, prompts, lengths, kv_cache_tokens=config.kv_cache_tokens,
                                           max_batch_tokens=config.max_num_batched_tokens,
                                           max_num_seqs=config.max_num_seqs)
+        elif name == "labkit" and workload_name == "shared-prefix":
+            run, extra = run_prefix_cache(loaded, prompts, lengths, replace(config, enable_prefix_caching=True))
+        elif name == "labkit-no-prefix-cache":
+            run, off = run_prefix_cache(loaded, prompts, lengths, replace(config, enable_prefix_caching=False))
+            results_extra_off = off
         elif name == "labkit":
             run, extra = run_labkit(loaded, prompts, lengths, config)
         else:
             raise ValueError(f"Unknown system {name!r}; choose from {', '.join(SYSTEMS)}.")
         results[name] = summarise(run, lengths)
+        if name == "labkit-no-prefix-cache":
+            results[name].update(results_extra_off)
         log(f"  {name}: {results[name]['output_tokens_per_s']} tok/s over {results[name]['wall_s']} s")
     log("measuring the roofline ...")
     ceiling = roofline.measure(loaded.dtype)
@@ -130,7 +172,12 @@ def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed:
         report["ratios"] = {f"labkit_vs_{name}": round(ours["output_tokens_per_s"] / r["output_tokens_per_s"], 2)
                             for name, r in results.items() if name != "labkit"}
         ours.update(extra)
-        ours.update(_utilisation(loaded, ours, extra, sum(map(len, prompts)), ceiling))
+        if workload_name == "shared-prefix" and "labkit-no-prefix-cache" in results:
+            off = results["labkit-no-prefix-cache"]
+            report["ratios"]["ttft_alone_after_first_on_over_off"] = round(
+                ours["ttft_alone_after_first_mean_s"] / off["ttft_alone_after_first_mean_s"], 3)
+        else:
+            ours.update(_utilisation(loaded, ours, extra, sum(map(len, prompts)), ceiling))
     report["all_tokens_as_requested"] = all(r["tokens_as_requested"] for r in results.values())
     return report
 
@@ -149,15 +196,23 @@ def _utilisation(loaded, ours: dict, extra: dict, prompt_tokens: int, ceiling: d
 
 
 def format_report(report: dict) -> str:
-    rows = [f"{'system':<15}{'tok/s':>9}{'wall s':>9}{'p50 s':>8}{'p99 s':>8}{'TTFT s':>8}  tokens"]
+    rows = [f"{'system':<23}{'tok/s':>9}{'wall s':>9}{'p50 s':>8}{'p99 s':>8}{'TTFT s':>8}  tokens"]
     for name, r in report["systems"].items():
-        rows.append(f"{name:<15}{r['output_tokens_per_s']:>9.1f}{r['wall_s']:>9.2f}{r['latency_p50_s']:>8.2f}"
+        rows.append(f"{name:<23}{r['output_tokens_per_s']:>9.1f}{r['wall_s']:>9.2f}{r['latency_p50_s']:>8.2f}"
                     f"{r['latency_p99_s']:>8.2f}{r['ttft_mean_s']:>8.2f}  {r['output_tokens']}"
                     f"{'' if r['tokens_as_requested'] else '  (NOT as requested)'}")
     m = report["machine"]
     rows.append(f"roofline: matmul {m['matmul_gflops']} GFLOP/s ({m['matmul_dtype']}), memory copy "
                 f"{m['memory_copy_gbps']} GB/s, {m['threads']} threads; {m['cpu']}")
-    if "labkit" in report["systems"]:
+    prefix = {n: r for n, r in report["systems"].items() if "ttft_alone_after_first_mean_s" in r}
+    for name, r in prefix.items():
+        rows.append(f"{name}: each request alone, TTFT of the first {r['ttft_alone_first_s'] * 1000:.1f} ms, of the "
+                    f"rest {r['ttft_alone_after_first_mean_s'] * 1000:.1f} ms on average; "
+                    f"{r['cached_tokens_alone']} prompt tokens from the cache")
+    if "ttft_alone_after_first_on_over_off" in report["ratios"]:
+        rows.append(f"prefix cache: TTFT after the first request x{report['ratios']['ttft_alone_after_first_on_over_off']}"
+                    f" of the cache-off figure")
+    elif "labkit" in report["systems"]:
         ours = report["systems"]["labkit"]
         rows.append("labkit: " + ", ".join(f"{k.removeprefix('labkit_vs_')} x{v}" for k, v in report["ratios"].items())
                     + f"; {ours['achieved_gflops']} GFLOP/s = MFU {ours['mfu']:.1%}; weights read at "
@@ -187,9 +242,9 @@ def cmd_bench_engine(args: argparse.Namespace) -> None:
         os.execve(sys.executable, [sys.executable, "-m", "labkit.cli", *sys.argv[1:]], tuned_environment(os.environ))
     config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           adapt_threads=args.adapt_threads)
-    systems = tuple(args.systems.split(",")) if args.systems else SYSTEMS
+    systems = tuple(args.systems.split(",")) if args.systems else None
     report = bench_engine(args.model, args.requests, args.seed, args.dtype, systems, config,
-                          log=lambda line: print(line, file=sys.stderr))
+                          log=lambda line: print(line, file=sys.stderr), workload_name=args.workload)
     print(format_report(report))
     if args.json:
         with open(args.json, "w") as out:
@@ -204,7 +259,8 @@ def add_engine_bench_command(bench_commands) -> None:
         "engine", help="labkit's engine against HF generate (sequential, static batches) and HF continuous batching",
         description="Run one fixed workload (N chat requests, outputs of 16-128 tokens, greedy) through "
                     "hf-sequential, hf-static, hf-continuous and labkit in this process; print tokens/s, latency, "
-                    "TTFT, the ratios, and the machine's roofline with labkit's share of it.")
+                    "TTFT, the ratios, and the machine's roofline with labkit's share of it. --workload "
+                    "shared-prefix compares labkit with its prefix cache off and on instead.")
     engine.add_argument("--model", default="smollm2-135m-instruct", help="alias, HF id or local directory")
     engine.add_argument("--requests", type=int, default=32, help="number of requests (default 32)")
     engine.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
@@ -214,6 +270,10 @@ def add_engine_bench_command(bench_commands) -> None:
     engine.add_argument("--max-num-batched-tokens", type=int, default=512, help="labkit: per-step token budget")
     engine.add_argument("--no-adapt-threads", dest="adapt_threads", action="store_false",
                         help="labkit: keep every torch thread even while another process shares the CPU")
+    engine.add_argument("--workload", default="default", choices=sorted(WORKLOADS),
+                        help="default: varied chat requests through the four systems; shared-prefix: a long "
+                             "system prompt and multi-turn chats through labkit with the prefix cache off and on "
+                             "(TTFT of each request alone, then tokens/s of all at once)")
     engine.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here")
     engine.add_argument("--no-tune", dest="tune", action="store_false",
                         help="run in the environment as it is (default: restart with labkit's OpenMP defaults and "

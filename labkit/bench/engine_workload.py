@@ -51,3 +51,52 @@ class EngineWorkload:
         return {"requests": self.num_requests, "output_tokens_range": [self.min_output_tokens, self.max_output_tokens],
                 "seed": self.seed, "prompts": "chat, varied topics and lengths", "sampling": "greedy",
                 "lengths": "fixed: min_tokens = max_tokens, EOS ignored"}
+
+
+@dataclass(frozen=True)
+class SharedPrefixWorkload:
+    """What a prefix cache is for: requests that share a long system prompt (an assistant's instructions),
+    and multi-turn chats that resend the whole conversation each turn (a fixed assistant reply stands in for
+    the model's, so the prompts are the same on every run)."""
+
+    num_requests: int = 32
+    min_output_tokens: int = 16
+    max_output_tokens: int = 64
+    seed: int = 0
+    turns: int = 4  # per multi-turn chat; half the requests are turns, half single questions
+
+    def system_prompt(self) -> str:
+        rules = [f"When the user asks about {topic}, answer plainly, cite one concrete example, and never "
+                 f"invent numbers." for topic in TOPICS[:12]]
+        return "You are the help desk of a public library. " + " ".join(rules)
+
+    def requests(self) -> list[tuple[list[dict], int]]:
+        rng = random.Random(self.seed)
+        system = {"role": "system", "content": self.system_prompt()}
+        singles = self.num_requests - self.num_requests // 2
+        out = []
+        for index in range(singles):
+            ask = rng.choice(ASKS).format(topic=TOPICS[(index + rng.randrange(len(TOPICS))) % len(TOPICS)])
+            out.append(([system, {"role": "user", "content": ask}], self._length(rng)))
+        for chat in range((self.num_requests - singles + self.turns - 1) // self.turns):
+            conversation = [system]
+            for turn in range(self.turns):
+                if len(out) == self.num_requests:
+                    break
+                ask = rng.choice(ASKS).format(topic=TOPICS[(chat * 5 + turn) % len(TOPICS)])
+                conversation = conversation + [{"role": "user", "content": ask}]
+                out.append((conversation, self._length(rng)))
+                conversation = conversation + [{"role": "assistant", "content": f"Here is what I know. {ask}"}]
+        return out
+
+    def _length(self, rng: random.Random) -> int:
+        return rng.randint(self.min_output_tokens, self.max_output_tokens)
+
+    def describe(self) -> dict:
+        return {"requests": self.num_requests, "output_tokens_range": [self.min_output_tokens, self.max_output_tokens],
+                "seed": self.seed, "prompts": f"one long system prompt shared by all; half single questions, half "
+                                              f"turns of {self.turns}-turn chats resending the conversation",
+                "sampling": "greedy", "lengths": "fixed: min_tokens = max_tokens, EOS ignored"}
+
+
+WORKLOADS = {"default": EngineWorkload, "shared-prefix": SharedPrefixWorkload}

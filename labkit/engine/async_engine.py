@@ -24,10 +24,14 @@ from collections.abc import AsyncIterator
 
 from ..config import EngineConfig
 from ..monitor.events import RequestFinished
-from .detokenizer import IncrementalDetokenizer
+from .chat import max_token_chars
 from .llm import LLM
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+
+
+class PromptTooLong(ValueError):
+    """A prompt longer than the context, known from its length in characters alone."""
 
 
 class AsyncLLM:
@@ -46,6 +50,8 @@ class AsyncLLM:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.error: BaseException | None = None  # set if the engine thread died
+        # No token stands for more characters than the vocabulary's longest string: a bound on prompt text.
+        self.max_prompt_chars = self.engine.max_model_len * max_token_chars(self.tokenizer)
 
     # ---- life cycle ----
     def start(self) -> None:
@@ -66,9 +72,28 @@ class AsyncLLM:
             self.abort(request_id)
 
     # ---- requests ----
+    async def encode(self, prompt) -> list[int]:
+        """Token ids of a prompt (text, chat messages or ids), worked out in a worker thread so the event loop
+        keeps answering. A text too long for the context whatever its tokens (more characters than
+        `max_model_len` tokens of this vocabulary can hold) is refused at once, without tokenizing.
+        Raises ValueError (one sentence) for a prompt that cannot run."""
+        if isinstance(prompt, str):
+            chars = len(prompt)
+        elif isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+            chars = sum(len(m.get("content") or "") for m in prompt)
+        else:
+            chars = 0
+        if chars > self.max_prompt_chars:
+            raise PromptTooLong(f"The prompt has {chars} characters, more than fit in this model's "
+                                f"{self.max_model_len}-token context (at most {self.max_prompt_chars}).")
+        ids = await asyncio.to_thread(self._llm.encode, prompt) if chars else self._llm.encode(prompt)
+        self.engine.validate_prompt(ids)
+        return ids
+
     async def generate(self, prompt, params: SamplingParams | None = None,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Yield an output per new token (text so far in `.text`); the last has `finished` True and metrics.
+        """Yield an output per step that moved the request (`.text`: the text so far, cut before a stop string;
+        a tail that could begin one is held back until it cannot); the last has `finished` True and metrics.
         Raises ValueError at once for a prompt the engine cannot run."""
         ids = self._llm.encode(prompt)
         self.engine.validate_prompt(ids)
@@ -82,7 +107,6 @@ class AsyncLLM:
         with self._wake:
             self._inbox.append((request_id, ids, params or SamplingParams(), prompt))
             self._wake.notify()
-        detokenizer = IncrementalDetokenizer(self.tokenizer)
         finished = False
         try:
             while not finished:
@@ -90,10 +114,6 @@ class AsyncLLM:
                 if isinstance(output, BaseException):
                     raise RuntimeError("The engine thread failed.") from output
                 finished = output.finished
-                if not finished:
-                    for token in output.new_token_ids:
-                        detokenizer.add(token)
-                    output.text = detokenizer.text
                 yield output
         finally:
             self._streams.pop(request_id, None)
@@ -185,7 +205,8 @@ class AsyncLLM:
                         self._abort_now(request_id, done)
                     for request_id, ids, params, prompt in arrivals:
                         try:
-                            self.engine.add_request(ids, params, request_id=request_id, prompt=prompt)
+                            self.engine.add_request(ids, params, request_id=request_id, prompt=prompt,
+                                                    stream_text=True)
                         except Exception as error:  # refused alone: the engine thread and the others go on
                             self._deliver(RequestOutput(request_id, prompt, ids, [], finished=True,
                                                         finish_reason="error", text="",

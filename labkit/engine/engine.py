@@ -1,8 +1,9 @@
-"""The engine loop: `step()` is schedule → run → update.
+"""The engine loop: `step()` is schedule → execute → sample → update → outputs.
 
-It knows nothing of prompts as text, threads or HTTP: `LLM` (scripts, notebooks) and `AsyncLLM` (the server)
-wrap it. Every step is logged (which requests ran, how many tokens each) so the batching can be seen, and,
-when someone subscribed to its `bus`, published with each finished request's timings (labkit.monitor).
+It knows nothing of threads or HTTP: `LLM` (scripts, notebooks) and `AsyncLLM` (the server) wrap it. What
+watches the loop runs after each step as a hook (`after_step`): the step log (which requests ran, how many
+tokens each, how many came from the prefix cache) so the batching can be seen, the CPU thread governor, and,
+when someone subscribed to its `bus`, the monitor's events with each finished request's timings.
 """
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import EngineConfig
 from ..monitor.events import EventBus, QueueDepth, RequestFinished, StepStats
 from .block_manager import BlockManager
 from .model_runner import ModelRunner
+from .output_processor import OutputProcessor
 from .outputs import RequestOutput
 from .request import Request
 from .sampler import Sampler
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import Scheduler, SchedulerOutput
 from .threads import ThreadGovernor
 
 log = logging.getLogger("labkit.engine")
@@ -35,10 +38,21 @@ class StepRecord:
     duration_s: float
     requests: tuple[tuple[str, int], ...]  # (request_id, tokens computed): 1 for a decode, more for a prefill chunk
     num_preempted: int = 0
+    cached: tuple[tuple[str, int], ...] = ()  # (request_id, prompt tokens taken from the prefix cache) on entry
 
     @property
     def num_tokens(self) -> int:
         return sum(n for _, n in self.requests)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What an after-step hook is given."""
+
+    plan: SchedulerOutput
+    outputs: list[RequestOutput]
+    started: float
+    duration_s: float
 
 
 class LLMEngine:
@@ -56,6 +70,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.config, BlockManager(self.runner.cache.num_pages, self.config.page_size,
                                                              self.config.enable_prefix_caching))
         self.sampler = Sampler(self.config.seed)
+        self.outputs = OutputProcessor(tokenizer)
         self.max_model_len = self._max_model_len(model.config)
         self.vocab_size = model.get_input_embeddings().num_embeddings
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
@@ -65,6 +80,9 @@ class LLMEngine:
         self._ids = itertools.count()
         on_cpu = self.runner.device.type == "cpu"
         self.threads = ThreadGovernor() if self.config.adapt_threads and on_cpu else None
+        self.after_step: list[Callable[[StepResult], None]] = [self._log_step, self._publish_step]
+        if self.threads is not None:
+            self.after_step.append(lambda r: self.threads.after_step(r.duration_s, r.started + r.duration_s))
 
     def _max_model_len(self, model_config) -> int:
         limits = [self.runner.cache.capacity_tokens]
@@ -93,14 +111,18 @@ class LLMEngine:
             raise ValueError(f"Token ids must lie in [0, {self.vocab_size}) for this model.")
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None, *,
-                    request_id: str | None = None, prompt: object = None, arrival_time: float | None = None) -> Request:
+                    request_id: str | None = None, prompt: object = None, arrival_time: float | None = None,
+                    stream_text: bool = False) -> Request:
+        """Queue a request. `stream_text`: its outputs carry the text so far at every step (else only the
+        finished output has text)."""
         self.validate_prompt(prompt_token_ids)
         params = params or SamplingParams()
         if any(t >= self.vocab_size for t in params.stop_token_ids):
             raise ValueError(f"stop_token_ids must lie in [0, {self.vocab_size}) for this model.")
         request = Request(request_id or f"req-{next(self._ids)}", prompt_token_ids, params,
                           prompt=prompt, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
-                          tokenizer=self.tokenizer, arrival_time=arrival_time)
+                          arrival_time=arrival_time)
+        self.outputs.add(request, stream_text)
         self.scheduler.add(request)
         return request
 
@@ -109,40 +131,32 @@ class LLMEngine:
         request = self.scheduler.abort(request_id)
         if request is None:
             return None
+        output = self.outputs.output(request, [])
         if self.bus.has_subscribers:
-            self._publish_finished(request)
+            self._publish_finished(output)
             self.bus.publish(QueueDepth("engine", running=self.num_running, waiting=self.num_waiting,
                                         kv_usage=self.scheduler.blocks.usage))
-        return request.output([])
+        return output
 
     # ---- the loop ----
     def step(self) -> list[RequestOutput]:
-        """Schedule → run → update. Returns an output for each request that got a token (finished or not)."""
+        """Schedule → execute → sample → update → outputs: an output for each request that moved."""
         started = time.perf_counter()
         plan = self.scheduler.schedule()
         if not plan:
             if self.scheduler.has_unfinished():  # cannot happen while max_model_len fits the cache; never spin
                 raise RuntimeError(f"The scheduler could not run any of {self.num_waiting} waiting requests.")
             return []
-        observed = self.bus.has_subscribers
-        decodes = sum(s.request.num_computed_tokens >= s.request.num_prompt_tokens for s in plan.scheduled) \
-            if observed else 0
         # A forward pass that raises is the engine's failure, not one request's (prompts were validated on
-        # entry): it propagates. What is per request (sampling, token processing) fails that request alone.
+        # entry): it propagates. What is per request (sampling, text) fails that request alone.
         logits, samplers = self.runner.execute(plan.scheduled, plan.block_tables)
         tokens = self._sample(logits, [item.request for item in samplers])
-        sampled = {item.request.request_id: token for item, token in zip(samplers, tokens)}
-        changed = self.scheduler.update(plan, sampled)
-        duration = time.perf_counter() - started
-        if self.threads is not None:
-            self.threads.after_step(duration, started + duration)
-        self.steps.append(StepRecord(self.num_steps, started, duration,
-                                     tuple((s.request.request_id, s.num_tokens) for s in plan.scheduled),
-                                     len(plan.preempted)))
-        self.num_steps += 1
-        if observed:
-            self._publish_step(plan, decodes, len(tokens), duration, changed)
-        return [request.output(new) for request, new in changed]
+        changed = self.scheduler.update(plan, {s.request.request_id: t for s, t in zip(samplers, tokens)})
+        outputs = self.outputs.process(changed, self.scheduler.stop_at_string, self.scheduler.fail)
+        result = StepResult(plan, outputs, started, time.perf_counter() - started)
+        for hook in self.after_step:
+            hook(result)
+        return outputs
 
     def _sample(self, logits, requests: list[Request]) -> list[int | Exception]:
         """The batch's next tokens; if sampling the batch fails, each row is sampled alone, so a request
@@ -159,22 +173,39 @@ class LLMEngine:
                     tokens.append(error)
             return tokens
 
-    # ---- monitoring ----
-    def _publish_step(self, plan, decodes: int, sampled: int, duration: float, changed) -> None:
-        for request, _ in changed:
-            if request.status.is_finished:
-                self._publish_finished(request)
-        self.bus.publish(StepStats("engine", batch_size=len(plan.scheduled), prefill_tokens=plan.num_tokens - decodes,
-                                   decode_tokens=decodes, duration_s=duration, running=self.num_running,
-                                   waiting=self.num_waiting, kv_usage=self.scheduler.blocks.usage, output_tokens=sampled))
+    # ---- after-step hooks ----
+    def _log_step(self, result: StepResult) -> None:
+        plan = result.plan
+        self.steps.append(StepRecord(self.num_steps, result.started, result.duration_s,
+                                     tuple((s.request.request_id, s.num_tokens) for s in plan.scheduled),
+                                     len(plan.preempted),
+                                     tuple((s.request.request_id, s.num_cached_tokens) for s in plan.scheduled
+                                           if s.num_cached_tokens)))
+        self.num_steps += 1
 
-    def _publish_finished(self, request) -> None:
-        m = request.metrics()
-        self.bus.publish(RequestFinished("engine", finish_reason=request.status.finish_reason or "abort",
+    def _publish_step(self, result: StepResult) -> None:
+        if not self.bus.has_subscribers:  # unobserved, monitoring costs nothing
+            return
+        for output in result.outputs:
+            if output.finished:
+                self._publish_finished(output)
+        plan = result.plan
+        decodes = sum(s.is_decode for s in plan.scheduled)
+        self.bus.publish(StepStats("engine", batch_size=len(plan.scheduled), prefill_tokens=plan.num_tokens - decodes,
+                                   decode_tokens=decodes, duration_s=result.duration_s, running=self.num_running,
+                                   waiting=self.num_waiting, kv_usage=self.scheduler.blocks.usage,
+                                   output_tokens=sum(len(o.new_token_ids) for o in result.outputs)))
+
+    def _publish_finished(self, output: RequestOutput) -> None:
+        m = output.metrics
+        self.bus.publish(RequestFinished("engine", finish_reason=output.finish_reason or "abort",
                                          prompt_tokens=m.num_prompt_tokens, output_tokens=m.num_output_tokens,
                                          queue_s=m.queue_time_s, ttft_s=m.ttft_s, e2e_s=m.e2e_latency_s,
-                                         itl_s=tuple(m.inter_token_latencies_s),
-                                         cached_tokens=request.num_cached_tokens))
+                                         itl_s=tuple(m.inter_token_latencies_s), cached_tokens=output.num_cached_tokens))
+
+    def reset_prefix_cache(self) -> None:
+        """Forget the cached pages no request holds (benchmarks start cold this way)."""
+        self.scheduler.blocks.reset_prefix_cache()
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -191,7 +222,8 @@ class LLMEngine:
         """Queue lengths, preemptions and KV cache use (pages held, how full they are, bytes reserved)."""
         threads = {} if self.threads is None else {"cpu_threads": self.threads.threads,
                                                     "cpu_thread_changes": self.threads.changes}
-        return {**self.scheduler.stats(), **self.runner.cache.stats(), "max_model_len": self.max_model_len, "num_steps": self.num_steps, **threads}
+        return {**self.scheduler.stats(), **self.runner.cache.stats(), "max_model_len": self.max_model_len,
+                "num_steps": self.num_steps, **threads}
 
     def close(self) -> None:
         """Abort what is left, give the model back its own attention and the process its thread count."""

@@ -122,6 +122,10 @@ class LLM:
     def stats(self) -> dict:
         return self.engine.stats()
 
+    def reset_prefix_cache(self) -> None:
+        """Forget the prefix cache's pages that no request holds (vLLM's name)."""
+        self.engine.reset_prefix_cache()
+
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len

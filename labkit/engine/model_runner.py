@@ -80,8 +80,8 @@ class ModelRunner:
         if self.taken_over:
             raise RuntimeError("Another engine now drives this model object, so this one stopped; use one engine "
                                "per loaded model (close the old one), or load the model again for a second engine.")
-        decodes = [s for s in scheduled if s.num_tokens == 1]
-        prefills = [s for s in scheduled if s.num_tokens > 1]
+        decodes = [s for s in scheduled if s.is_decode]
+        prefills = [s for s in scheduled if not s.is_decode]
         ordered = decodes + prefills  # the attention expects decodes first
         token_ids: list[int] = []
         positions: list[int] = []

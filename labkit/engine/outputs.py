@@ -43,7 +43,7 @@ class RequestOutput:
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     metrics: RequestMetrics | None = None  # set once finished
     error: str | None = None  # with finish_reason "error": what failed (this request alone)
-    num_cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache (vLLM's name)
+    num_cached_tokens: int | None = None  # prompt tokens taken from the prefix cache (vLLM's name); None: never scheduled
 
     def __repr__(self) -> str:
         text = self.text if self.text is None or len(self.text) < 60 else self.text[:57] + "..."

@@ -9,8 +9,7 @@ import time
 
 import torch
 
-from .detokenizer import IncrementalDetokenizer
-from .outputs import RequestMetrics, RequestOutput
+from .outputs import RequestMetrics
 from .sampling_params import SamplingParams
 
 
@@ -41,7 +40,7 @@ class Request:
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                  prompt: object = None, eos_token_ids: frozenset[int] = frozenset(), max_model_len: int,
-                 tokenizer=None, arrival_time: float | None = None):
+                 arrival_time: float | None = None):
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = list(prompt_token_ids)
@@ -64,9 +63,6 @@ class Request:
         self.generator = None
         if params.seed is not None and not params.greedy:
             self.generator = torch.Generator().manual_seed(params.seed)
-        # Text is only followed step by step when stop strings need it; otherwise it is decoded once at the end.
-        self.detokenizer = IncrementalDetokenizer(tokenizer, params.skip_special_tokens) if params.stop else None
-        self.tokenizer = tokenizer
         self.arrival_time = time.perf_counter() if arrival_time is None else arrival_time
         self.first_scheduled_time: float | None = None
         self.first_token_time: float | None = None
@@ -95,7 +91,8 @@ class Request:
         return len(self.output_token_ids) < self.params.min_tokens and bool(self.min_tokens_masked_ids)
 
     def append_token(self, token_id: int, now: float) -> None:
-        """Record a sampled token, then end the request if that token (or the text it completes) says so."""
+        """Record a sampled token, then end the request if that token says so (stop strings are text: the
+        output processor finds them)."""
         self.token_ids.append(token_id)
         self.output_token_ids.append(token_id)
         if self.first_token_time is None:
@@ -106,34 +103,12 @@ class Request:
         if token_id in self.stop_token_ids and len(self.output_token_ids) >= self.params.min_tokens:
             self.stop_reason = token_id
             self.status = RequestStatus.FINISHED_STOPPED
-        elif self.detokenizer is not None and self._hits_stop_string(token_id):
-            self.status = RequestStatus.FINISHED_STOPPED
         elif len(self.output_token_ids) >= self.max_output_tokens:
             self.status = RequestStatus.FINISHED_LENGTH
-
-    def _hits_stop_string(self, token_id: int) -> bool:
-        before = len(self.detokenizer.text)
-        self.detokenizer.add(token_id)
-        text = self.detokenizer.text
-        for stop in self.params.stop:
-            at = text.find(stop, max(0, before - len(stop) + 1))
-            if at >= 0:
-                self.detokenizer.truncate(at)
-                self.stop_reason = stop
-                return True
-        return False
 
     def finish(self, status: RequestStatus, now: float) -> None:
         self.status = status
         self.finished_time = now
-
-    @property
-    def text(self) -> str:
-        if self.detokenizer is not None:
-            return self.detokenizer.text
-        if self.tokenizer is None:
-            return ""
-        return self.tokenizer.decode(self.output_token_ids, skip_special_tokens=self.params.skip_special_tokens)
 
     def metrics(self) -> RequestMetrics:
         end = self.finished_time or self.last_token_time or self.arrival_time
@@ -147,12 +122,3 @@ class Request:
             num_output_tokens=self.num_output_tokens,
             num_preemptions=self.num_preemptions,
         )
-
-    def output(self, new_token_ids: list[int]) -> RequestOutput:
-        finished = self.status.is_finished
-        return RequestOutput(
-            request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
-            token_ids=list(self.output_token_ids), new_token_ids=new_token_ids,
-            text=self.text if finished else None, finished=finished, finish_reason=self.status.finish_reason,
-            stop_reason=self.stop_reason, metrics=self.metrics() if finished else None, error=self.error,
-            num_cached_tokens=self.num_cached_tokens or 0)

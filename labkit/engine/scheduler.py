@@ -30,6 +30,13 @@ from .request import Request, RequestStatus
 class ScheduledRequest:
     request: Request
     num_tokens: int  # tokens to compute this step, starting at request.num_computed_tokens
+    num_cached_tokens: int = 0  # on entry to the batch: tokens taken from the prefix cache instead
+
+    @property
+    def is_decode(self) -> bool:
+        """One token: attention's decode path, and what the metrics count as decode (a prefill or a recompute
+        chunk after preemption computes more)."""
+        return self.num_tokens == 1
 
     @property
     def samples(self) -> bool:
@@ -98,7 +105,7 @@ class Scheduler:
                 request.num_cached_tokens = cached
                 self.blocks.count_lookup(request.num_prompt_tokens, cached)
             self.running.append(request)
-            out.scheduled.append(ScheduledRequest(request, num_tokens))
+            out.scheduled.append(ScheduledRequest(request, num_tokens, cached))
             budget -= num_tokens
         self.peak_pages_used = max(self.peak_pages_used, self.blocks.num_used_pages)
         return self._with_tables(out)
@@ -145,7 +152,7 @@ class Scheduler:
                 continue
             try:
                 request.append_token(token, now)  # may finish it: EOS, stop, max_tokens or a full context
-            except Exception as error:  # e.g. its detokenizer: this request's problem, not the batch's
+            except Exception as error:  # this request's problem, not the batch's
                 self.fail(request, error, now)
                 changed.append((request, []))
                 continue
@@ -154,10 +161,22 @@ class Scheduler:
             changed.append((request, [token]))
         return changed
 
+    def stop_at_string(self, request: Request, stop: str) -> None:
+        """The output processor found a stop string in the request's text: it ends with reason "stop" (even
+        if the same token had also reached max_tokens)."""
+        request.stop_reason = stop
+        if request.status.is_finished:
+            request.status = RequestStatus.FINISHED_STOPPED
+        else:
+            self._retire(request, RequestStatus.FINISHED_STOPPED, time.perf_counter())
+
     def fail(self, request: Request, error: BaseException, now: float | None = None) -> None:
         """End one request with FINISHED_ERROR and free its pages; the others are untouched."""
         request.error = f"{type(error).__name__}: {error}"
-        self._retire(request, RequestStatus.FINISHED_ERROR, time.perf_counter() if now is None else now)
+        if request.status.is_finished:  # its last token was in: it is retired already, only the reason changes
+            request.status = RequestStatus.FINISHED_ERROR
+        else:
+            self._retire(request, RequestStatus.FINISHED_ERROR, time.perf_counter() if now is None else now)
 
     def abort(self, request_id: str) -> Request | None:
         """Take a request out wherever it is, and free its pages now."""

@@ -37,10 +37,7 @@ class LabkitServer(uvicorn.Server):
         self._captured_signals.clear()  # a handled SIGTERM/SIGINT ends the process cleanly, exit status 0
 
     async def shutdown(self, sockets=None) -> None:
-        services = self.app.state.services
-        services.ready = False
-        if services.llm is not None:
-            await services.llm.drain(self.labkit_config.shutdown_grace_s)
+        await self.app.state.services.drain(self.labkit_config.shutdown_grace_s)
         await super().shutdown(sockets)
 
     @property

@@ -173,7 +173,7 @@ def test_unknown_model_is_404_and_wrong_kind_is_400(client):
 
 
 def test_prompt_longer_than_the_context_is_400(client, server):
-    max_len = server.app.state.services.llm.max_model_len
+    max_len = server.app.state.services.engine.max_model_len
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=MODEL, prompt=[5] * (max_len + 1), max_tokens=1)
     assert err.value.body["code"] == "context_length_exceeded"

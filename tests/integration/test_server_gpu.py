@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.gpu]
 
 def test_serves_chat_and_embeddings_on_cuda_with_gpu_metrics():
     with labkit.serve("smollm2-135m-instruct", encoder="minilm-l6-v2", device="cuda", port=0) as server:
-        assert server.app.state.services.llm.loaded.device.type == "cuda"
+        assert server.app.state.services.llm.device.type == "cuda"
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
         chunks = list(client.chat.completions.create(
             model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8,

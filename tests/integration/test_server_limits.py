@@ -53,7 +53,7 @@ def test_full_queue_gets_429_with_retry_after_and_recovers(default_llm_fp32):
                 with pytest.raises(openai.RateLimitError):
                     client.completions.create(model=default_llm_fp32.name, prompt="again", max_tokens=2)
             # the client closed the stream: the server sees the disconnect and frees the slot within moments
-            _wait_for(lambda: server.app.state.services.llm.admission.in_flight == 0)
+            _wait_for(lambda: server.app.state.services.admission.in_flight == 0)
             ok = c.post("/v1/completions", json={"prompt": "now", "max_tokens": 2})
             assert ok.status_code == 200, ok.text
 
@@ -69,7 +69,7 @@ def test_slow_request_times_out_with_504_and_a_stream_ends_with_an_error_event(d
         assert events[-1] == "data: [DONE]"
         assert json.loads(events[-2][5:])["error"]["code"] == "timeout"
         assert httpx.get(server.url + "/health").status_code == 200  # the server carries on
-        assert server.app.state.services.llm.admission.in_flight == 0
+        assert server.app.state.services.admission.in_flight == 0
 
 
 def test_api_key_is_required_on_v1_only(tiny_llm):
@@ -107,7 +107,7 @@ def test_stop_drains_in_flight_requests_before_exiting(tiny_llm):
 
     worker = threading.Thread(target=stream)
     worker.start()
-    while server.app.state.services.llm.admission.in_flight == 0 and worker.is_alive():
+    while server.app.state.services.admission.in_flight == 0 and worker.is_alive():
         pass
     server.stop()
     worker.join(30)
@@ -117,7 +117,7 @@ def test_stop_drains_in_flight_requests_before_exiting(tiny_llm):
 
 
 def _kv_pages_used(server) -> int:
-    return server.app.state.services.llm.engine.engine.engine.scheduler.blocks.num_used_pages
+    return server.app.state.services.engine.engine.scheduler.blocks.num_used_pages
 
 
 def test_client_disconnect_cancels_the_request_and_frees_its_kv_pages(default_llm_fp32):
@@ -134,7 +134,7 @@ def test_client_disconnect_cancels_the_request_and_frees_its_kv_pages(default_ll
         # not streamed: the client gives up (timeout) while the server generates
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(server.url + "/v1/completions", json=LONG, timeout=0.5)
-        _wait_for(lambda: _kv_pages_used(server) == 0 and services.llm.admission.in_flight == 0, timeout=2.0)
+        _wait_for(lambda: _kv_pages_used(server) == 0 and services.admission.in_flight == 0, timeout=2.0)
         metrics = httpx.get(server.url + "/metrics").text
         assert 'labkit:request_success_total{finished_reason="abort"} 2' in metrics
         assert "labkit:kv_cache_usage_perc 0" in metrics

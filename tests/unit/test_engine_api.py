@@ -246,17 +246,17 @@ def test_a_request_whose_text_cannot_be_processed_fails_alone(llm, tiny):
     broken = SamplingParams(temperature=0, max_tokens=5, stop=("zz",))
     original_add = llm.engine.add_request
 
-    def add_request(ids, params=None, **kwargs):  # the stop-string request's detokenizer fails on its 2nd token
+    def add_request(ids, params=None, **kwargs):  # the stop-string request's text fails on its 2nd token
         request = original_add(ids, params, **kwargs)
         if params is broken:
-            detokenizer, calls = request.detokenizer, []
+            text, calls = llm.engine.outputs.texts[request.request_id], []
 
             def add(token):
                 calls.append(token)
                 if len(calls) == 2:
                     raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
-                detokenizer.__class__.add(detokenizer, token)
-            detokenizer.add = add
+                return type(text).add(text, token)
+            text.add = add
         return request
 
     llm.engine.add_request = add_request

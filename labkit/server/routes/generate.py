@@ -11,7 +11,9 @@ import time
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from ..errors import APIError
+from ...engine.async_engine import PromptTooLong
+from ..errors import APIError, bad_request
+from ..generation import sampling_params
 from ..limits import require_api_key
 from ..schemas import ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from ..streaming import DONE, ChunkFormat, SSEResponse, full_response
@@ -26,21 +28,39 @@ _STREAM_DOC = {"text/event-stream": {"schema": {"description": "with stream: tru
 @router.post("/v1/completions", response_model=Completion, summary="Continue a prompt",
              responses={**_ERRORS, 200: {"content": _STREAM_DOC}})
 async def completions(body: CompletionRequest, request: Request):
-    llm = request.app.state.services.llm_for(body.model)
+    services = request.app.state.services
+    engine = services.llm_for(body.model)
     if body.echo:
         raise APIError(400, "echo is not supported.", param="echo", code="unsupported")
-    job = llm.start_job(await llm.prompt_ids(body.prompt), body, request.state.request_id)
-    return await _respond(job, body, chat=False, request=request, model=llm.name)
+    if isinstance(body.prompt, list) and not all(0 <= t < len(engine.tokenizer) for t in body.prompt):
+        raise bad_request(f"Token ids must lie in [0, {len(engine.tokenizer)}).", param="prompt")
+    return await _run(services, engine, body.prompt, body, "prompt", chat=False, request=request)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, summary="Reply to a conversation",
              responses={**_ERRORS, 200: {"content": _STREAM_DOC}})
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    llm = request.app.state.services.llm_for(body.model)
+    services = request.app.state.services
+    engine = services.llm_for(body.model)
+    if engine.tokenizer.chat_template is None:
+        raise bad_request(f"{services.llm.name} has no chat template; use /v1/completions.", param="messages")
     if body.max_completion_tokens is not None:
         body = body.model_copy(update={"max_tokens": body.max_completion_tokens})
-    job = llm.start_job(await llm.chat_prompt_ids(body.messages), body, request.state.request_id)
-    return await _respond(job, body, chat=True, request=request, model=llm.name)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    return await _run(services, engine, messages, body, "messages", chat=True, request=request)
+
+
+async def _run(services, engine, prompt, body, param: str, *, chat: bool, request: Request):
+    try:
+        ids = await engine.encode(prompt)  # in a worker thread; a text too long for any tokenization: refused
+    except PromptTooLong as err:
+        raise bad_request(str(err), param=param, code="context_length_exceeded") from None
+    except ValueError as err:
+        code = "context_length_exceeded" if "context" in str(err) else "invalid_value"
+        raise bad_request(str(err), param=param, code=code) from None
+    params = sampling_params(body, len(ids), engine.max_model_len)
+    job = services.start_job(request.state.request_id, ids, params)
+    return await _respond(job, body, chat=chat, request=request, model=services.llm.name)
 
 
 def _log(request: Request, job, model: str, stream: bool) -> None:
