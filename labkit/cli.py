@@ -180,7 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           cors_origins=tuple(args.cors_origin), max_waiting=args.max_waiting,
                           request_timeout_s=args.timeout, max_body_bytes=args.max_body_bytes,
                           access_log=args.access_log, embed_max_batch_size=args.embed_max_batch_size,
-                          embed_max_queue_delay_ms=args.embed_max_queue_delay_ms)
+                          embed_max_queue_delay_ms=args.embed_max_queue_delay_ms,
+                          shutdown_grace_s=args.drain_timeout, allowed_hosts=tuple(args.allowed_hosts))
     if args.optimize is not None:  # refuse before a long load and conversion, not after
         from .optimize import OPTIMIZERS, OUTSIDE_ENGINE
 
@@ -197,6 +198,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"labkit: loaded {loaded.name} ({loaded.kind}, {variant_of(loaded)}, {loaded.weight_mb:.0f} MB of weights) "
               f"on {loaded.device}", file=sys.stderr, flush=True)
     engine_options = {"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else {}
+    if args.no_prefix_caching:
+        engine_options["enable_prefix_caching"] = False
     run_server(models, config, engine_options=engine_options)
 
 
@@ -231,6 +234,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def add_serve_commands(commands, bench_commands) -> None:
     """`labkit serve`, `labkit bench serve` and `labkit demo`."""
+    from .config import ServerConfig
+
     serve = commands.add_parser("serve", help="the OpenAI-compatible server (completions, chat, embeddings)",
                                 description="Serve an LLM (and an encoder for /v1/embeddings) over an OpenAI-"
                                             "compatible HTTP API with continuous batching. Ctrl-C or SIGTERM "
@@ -246,6 +251,9 @@ def add_serve_commands(commands, bench_commands) -> None:
                        help="serve an optimized variant of the LLM, e.g. bf16, torch-int8, bnb-4bit (see `labkit "
                             "bench optimize`; ONNX variants run outside the engine and are refused)")
     serve.add_argument("--max-num-seqs", type=positive_int, default=None, help="most requests in the running batch")
+    serve.add_argument("--no-prefix-caching", action="store_true",
+                       help="compute every prompt in full (by default requests sharing a prompt prefix share its "
+                            "KV pages, and the shared part is not computed again)")
     serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond the running batch "
                                                                    "before 429 (default 64)")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds before a request gets 504 "
@@ -254,6 +262,14 @@ def add_serve_commands(commands, bench_commands) -> None:
                                                                                     "(default 1 MiB)")
     serve.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable; "
                                                                           "default: no CORS)")
+    serve.add_argument("--drain-timeout", type=non_negative_float, default=ServerConfig.shutdown_grace_s,
+                       metavar="SECONDS", help="on SIGTERM or Ctrl-C, new requests get 503 and in-flight ones this "
+                                           f"long to finish; then they end with an error (default "
+                                           f"{ServerConfig.shutdown_grace_s:g})")
+    serve.add_argument("--allowed-hosts", metavar="NAME", action="append", default=[],
+                       help="also answer requests whose Host header names NAME (repeatable; '*' for any). By "
+                            "default only loopback names and the bound address are answered, which stops web "
+                            "pages from reaching the server through DNS rebinding")
     serve.add_argument("--access-log", metavar="PATH", default=None, help="JSON-lines access log ('-' for stdout)")
     serve.add_argument("--embed-max-batch-size", type=positive_int, default=32,
                        help="dynamic batcher: most texts per encoder call (default 32)")
@@ -296,6 +312,7 @@ def add_serve_commands(commands, bench_commands) -> None:
 
 def cmd_up(args: argparse.Namespace) -> None:
     import importlib.util
+    import os
     import signal
     import threading
 
@@ -313,16 +330,19 @@ def cmd_up(args: argparse.Namespace) -> None:
                         max_replicas=args.replicas or (args.max_replicas if args.max_replicas is not None else max(low, 4)),
                         target_ongoing_requests=args.target_ongoing_requests, upscale_delay_s=args.upscale_delay,
                         downscale_delay_s=args.downscale_delay, latency_slo_p99_s=args.slo_p99,
-                        threads_per_replica=args.threads_per_replica)
+                        threads_per_replica=args.threads_per_replica, drain_timeout_s=args.drain_timeout)
     router = RouterConfig(host=args.host, port=args.port, policy=args.policy,
-                          max_outstanding_per_replica=args.max_outstanding)
+                          max_outstanding_per_replica=args.max_outstanding,
+                          api_key=args.api_key or os.environ.get("LABKIT_API_KEY") or None,
+                          allowed_hosts=tuple(args.allowed_hosts), drain_timeout_s=args.drain_timeout)
     serve_args = ["--device", args.device, "--dtype", args.dtype]
     if args.max_num_seqs:
         serve_args += ["--max-num-seqs", str(args.max_num_seqs)]
     if args.backend == "ray" and importlib.util.find_spec("ray") is None:
         raise OSError("--backend ray needs ray[serve], the optional 'ray' extra: pip install -e '.[ray]'")
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    hangup = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # the terminal closed: drain all the same
+    for sig in (signal.SIGTERM, signal.SIGINT, *hangup):
         signal.signal(sig, lambda *_: stop.set())
     print(f"labkit: starting {scale.min_replicas} replica(s) of {args.model} ...", file=sys.stderr, flush=True)
     if args.backend == "ray":  # the same replica app, on Ray Serve's router and autoscaler
@@ -342,6 +362,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         return
     lab = up(args.model, encoder=None if args.encoder.lower() == "none" else args.encoder, scale=scale,
              router=router, port=args.port, host=args.host, policy=args.policy, serve_args=serve_args,
+             api_key=router.api_key, drain_timeout_s=args.drain_timeout,
              **({"min_replicas": scale.min_replicas, "max_replicas": scale.max_replicas} if autoscaled
                 else {"replicas": scale.min_replicas}))
     mode = (f"autoscaling {scale.min_replicas}-{scale.max_replicas} at {scale.target_ongoing_requests:g} in flight "
@@ -353,6 +374,7 @@ def cmd_up(args: argparse.Namespace) -> None:
                           __import__("labkit.monitor.events", fromlist=["ScaleDecision"]).ScaleDecision)
     try:
         stop.wait()
+        print(f"labkit: draining: new requests get 503, in-flight ones have {args.drain_timeout:g} s", flush=True)
     finally:
         lab.stop()
     print("labkit: router and replicas stopped", flush=True)
@@ -366,7 +388,8 @@ def add_up_command(commands) -> None:
                              description="Start replicas of MODEL (each a `labkit serve` process with its share of "
                                          "the cores) behind an OpenAI-compatible router. --replicas N keeps N; "
                                          "--min-replicas A --max-replicas B lets the autoscaler follow the load. "
-                                         "Ctrl-C or SIGTERM drains and stops everything.")
+                                         "Ctrl-C or SIGTERM drains and stops everything: new requests get 503, "
+                                         "in-flight ones have --drain-timeout to finish, then end with an error.")
     add_model_flags(up)
     up.add_argument("--encoder", default="none", help="encoder each replica also serves for /v1/embeddings "
                                                       "(default none)")
@@ -378,6 +401,15 @@ def add_up_command(commands) -> None:
                                                                   f"{RouterConfig.policy})")
     up.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="router port (default 8000; 0 picks a free one)")
+    up.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 at the router and "
+                                                    "every replica (default: $LABKIT_API_KEY, else no key)")
+    up.add_argument("--allowed-hosts", metavar="NAME", action="append", default=[],
+                    help="the router also answers requests whose Host header names NAME (repeatable; '*' for any). "
+                         "By default only loopback names and the bound address: no DNS rebinding")
+    up.add_argument("--drain-timeout", type=non_negative_float, default=RouterConfig.drain_timeout_s,
+                    metavar="SECONDS", help="on Ctrl-C, SIGTERM or scale-down, in-flight requests get this long to "
+                                            "finish, at the router and at each replica; then each ends with an error "
+                                            f"(default {RouterConfig.drain_timeout_s:g})")
     up.add_argument("--max-outstanding", type=positive_int, default=RouterConfig.max_outstanding_per_replica,
                     help=f"in-flight requests per replica before 429 (default {RouterConfig.max_outstanding_per_replica})")
     up.add_argument("--target-ongoing-requests", type=float, default=ScaleConfig.target_ongoing_requests,
