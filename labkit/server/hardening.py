@@ -6,13 +6,14 @@
 - `SlowClientGuard` (an h11 protocol for uvicorn): a client must finish its request line and headers
   within `header_timeout_s` of connecting (or of the previous response), else the connection is closed.
   uvicorn alone only times out idle keep-alive connections, so a client that sends one header byte at a
-  time (slowloris) holds a connection for as long as it likes.
+  time (slowloris) holds a connection for as long as it likes. HTTP that cannot be parsed gets a JSON 400.
 - `read_body_within`: the body must arrive within `body_timeout_s`.
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 from collections.abc import Iterable
 
 import h11
@@ -105,6 +106,18 @@ class SlowClientGuard(H11Protocol):
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
+
+    def send_400_response(self, msg: str) -> None:
+        """HTTP that cannot be parsed (a bad byte in a header name or the path) gets OpenAI's error shape too,
+        not uvicorn's plain text."""
+        body = json.dumps(APIError(400, f"{msg} The request could not be parsed as HTTP/1.1.",
+                                   code="invalid_http").body()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def _headers_too_slow(self) -> None:
         self._header_deadline = None

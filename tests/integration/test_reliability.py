@@ -240,3 +240,10 @@ def test_control_tokens_typed_in_a_message_stay_plain_text(server, tiny_llm):
     assert chat_token_ids(tokenizer, plain) == tokenizer(
         tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False),
         add_special_tokens=False)["input_ids"]
+
+
+def test_http_that_cannot_be_parsed_gets_a_json_400(server):
+    answer = _raw(server.url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: x\r\n\r\n", wait_s=2)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body.removesuffix(b"<closed>"))["error"]["code"] == "invalid_http"
