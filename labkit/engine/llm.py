@@ -122,6 +122,15 @@ class LLM:
     def stats(self) -> dict:
         return self.engine.stats()
 
+    def kv_pages(self) -> dict:
+        """Who holds which KV pages now: {"tables": {request_id: [page, ...]}, "holders": {page: count},
+        "cached_free": pages no request holds that keep a cached prefix, "total": pages in the pool}."""
+        blocks = self.engine.scheduler.blocks
+        tables = {rid: list(pages) for rid, pages in blocks.tables.items()}
+        holders = {page: count for page, count in enumerate(blocks.ref_count) if count}
+        return {"tables": tables, "holders": holders, "cached_free": blocks.num_cached_free_pages,
+                "total": blocks.num_pages}
+
     def reset_prefix_cache(self) -> None:
         """Forget the prefix cache's pages that no request holds (vLLM's name)."""
         self.engine.reset_prefix_cache()

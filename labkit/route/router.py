@@ -227,7 +227,7 @@ class Router:
         auth = [(k, v) for k, v in scope["headers"] if k == b"authorization"]
         model = fields.get("model")
         if model is not None and not isinstance(model, str) and len(self.pools) > 1:
-            return await self._reject(send, APIError(422, "Invalid value for 'model': a string is needed.",
+            return await self._reject(send, APIError(400, "Invalid value for 'model': a string is needed.",
                                                      code="invalid_type", param="model"))
         pool_name = await self._pool_for(model, auth)
         if pool_name is None:

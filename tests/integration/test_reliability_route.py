@@ -223,8 +223,8 @@ def test_bad_header_bytes_deep_json_and_uncaught_errors_get_openai_json_and_nobo
         assert "nested too deeply" in assert_openai_error(response, 400, "invalid_json")["message"]
         assert_openai_error(httpx.post(router.url + "/v1/completions", content=b"[1, 2]"), 400, "invalid_json")
         assert_openai_error(httpx.post(router.url + "/v1/completions", content=b"\xff{"), 400, "invalid_json")
-        assert_openai_error(httpx.post(two.url + "/v1/completions", json={"model": {"a": 1}}), 422, "invalid_type")
-        assert_openai_error(httpx.post(two.url + "/v1/completions", json={"model": ["a"]}), 422, "invalid_type")
+        assert_openai_error(httpx.post(two.url + "/v1/completions", json={"model": {"a": 1}}), 400, "invalid_type")
+        assert_openai_error(httpx.post(two.url + "/v1/completions", json={"model": ["a"]}), 400, "invalid_type")
         assert_openai_error(httpx.get(router.url + "/nowhere"), 404, "not_found")
         # a replica that dies half-way through an event: the client gets whole events, an error and [DONE]
         died = read_stream(router.url, {"die_after": 3})

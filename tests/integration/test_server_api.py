@@ -14,6 +14,7 @@ import pytest
 
 import labkit
 from labkit import ServerConfig
+from labkit.monitor import scrape
 
 pytestmark = pytest.mark.integration
 MODEL = "tiny-llama"
@@ -259,9 +260,7 @@ def test_a_repeated_prompt_is_served_from_the_prefix_cache_and_says_so(client, s
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached >= 128 and cached % 64 == 0 and cached < second.usage.prompt_tokens
     assert second.choices[0].text == first.choices[0].text
-    metrics = httpx.get(server.url + "/metrics").text
-    hits = next(float(line.split()[-1]) for line in metrics.splitlines()
-                if line.startswith("labkit:prefix_cache_hits_total"))
-    queries = next(float(line.split()[-1]) for line in metrics.splitlines()
-                   if line.startswith("labkit:prefix_cache_queries_total"))
+    metrics = scrape.parse(httpx.get(server.url + "/metrics").text)
+    hits, queries = scrape.value(metrics, "labkit:prefix_cache_hits_total"), \
+        scrape.value(metrics, "labkit:prefix_cache_queries_total")
     assert hits >= cached and queries >= 2 * second.usage.prompt_tokens
