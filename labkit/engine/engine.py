@@ -150,8 +150,8 @@ class LLMEngine:
         # A forward pass that raises is the engine's failure, not one request's (prompts were validated on
         # entry): it propagates. What is per request (sampling, text) fails that request alone.
         logits, samplers = self.runner.execute(plan.scheduled, plan.block_tables)
-        tokens = self._sample(logits, [item.request for item in samplers])
-        changed = self.scheduler.update(plan, {s.request.request_id: t for s, t in zip(samplers, tokens)})
+        tokens = self._sample(logits, [self.scheduler.requests[s.request_id] for s in samplers])
+        changed = self.scheduler.update(plan, {s.request_id: t for s, t in zip(samplers, tokens)})
         outputs = self.outputs.process(changed, self.scheduler.stop_at_string, self.scheduler.fail)
         result = StepResult(plan, outputs, started, time.perf_counter() - started)
         for hook in self.after_step:
@@ -177,9 +177,9 @@ class LLMEngine:
     def _log_step(self, result: StepResult) -> None:
         plan = result.plan
         self.steps.append(StepRecord(self.num_steps, result.started, result.duration_s,
-                                     tuple((s.request.request_id, s.num_tokens) for s in plan.scheduled),
+                                     tuple((s.request_id, s.num_tokens) for s in plan.scheduled),
                                      len(plan.preempted),
-                                     tuple((s.request.request_id, s.num_cached_tokens) for s in plan.scheduled
+                                     tuple((s.request_id, s.num_cached_tokens) for s in plan.scheduled
                                            if s.num_cached_tokens)))
         self.num_steps += 1
 

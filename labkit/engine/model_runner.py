@@ -1,8 +1,9 @@
 """One forward pass per step over every scheduled token, packed into a single row.
 
-The runner turns the scheduler's decision into tensors (token ids, positions, where each token's key and
-value go, what each decode may attend to), runs the Hugging Face model with the `labkit_paged` attention,
-and returns logits only for the tokens that will be sampled. It owns the KV cache.
+The runner turns the scheduler's decision, plain data (request ids, positions, tokens, block tables; never a
+live Request), into tensors (token ids, positions, where each token's key and value go, what each decode may
+attend to), runs the Hugging Face model with the `labkit_paged` attention, and returns logits only for the
+tokens that will be sampled. It owns the KV cache's tensors.
 """
 from __future__ import annotations
 
@@ -91,12 +92,11 @@ class ModelRunner:
         chunks: list[PrefillChunk] = []
         page_size = self.page_size
         for item in ordered:
-            request = item.request
-            start = request.num_computed_tokens
+            start = item.start
             end = start + item.num_tokens
-            table = block_tables[request.request_id]
+            table = block_tables[item.request_id]
             row = len(token_ids)
-            token_ids.extend(request.token_ids[start:end])
+            token_ids.extend(item.token_ids)
             positions.extend(range(start, end))
             write_pages.extend(table[p // page_size] for p in range(start, end))
             if item.num_tokens > 1:
@@ -137,14 +137,14 @@ class ModelRunner:
         shared through the prefix cache belongs to its first decode here; each other decode that reads it
         gets an extra (decode, page) pair, gathered from the pool on its own."""
         page_size = self.page_size
-        tables = [block_tables[d.request.request_id] for d in decodes]
+        tables = [block_tables[d.request_id] for d in decodes]
         pool = 1 + max(max(t) for t in tables)
         owner = [0] * pool
         filled = [0] * pool
         extra_owner: list[int] = []
         extra_pages: list[int] = []
         for row, (item, table) in enumerate(zip(decodes, tables)):
-            context = item.request.num_computed_tokens + 1  # the cached tokens and the new one
+            context = item.start + 1  # the cached tokens and the new one
             for index in range(-(-context // page_size)):
                 page = table[index]
                 if filled[page]:  # shared, hence full: another decode already reads it in place

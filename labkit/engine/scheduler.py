@@ -28,26 +28,29 @@ from .request import Request, RequestStatus
 
 @dataclass(frozen=True)
 class ScheduledRequest:
-    request: Request
-    num_tokens: int  # tokens to compute this step, starting at request.num_computed_tokens
+    """One request's part of a step, as plain data: the runner needs nothing else (and no live Request)."""
+
+    request_id: str
+    start: int  # position of the first token to compute (the ones before are in the KV cache)
+    token_ids: tuple[int, ...]  # the tokens to compute this step
+    samples: bool  # this step reaches the request's last known token: its logits give the next one
     num_cached_tokens: int = 0  # on entry to the batch: tokens taken from the prefix cache instead
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
     @property
     def is_decode(self) -> bool:
         """One token: attention's decode path, and what the metrics count as decode (a prefill or a recompute
         chunk after preemption computes more)."""
-        return self.num_tokens == 1
-
-    @property
-    def samples(self) -> bool:
-        """True when this step reaches the request's last known token, so its logits give the next one."""
-        return self.request.num_computed_tokens + self.num_tokens == self.request.num_tokens
+        return len(self.token_ids) == 1
 
 
 @dataclass
 class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
-    preempted: list[Request] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)  # ids of the requests preempted to make room
     block_tables: dict[str, list[int]] = field(default_factory=dict)  # request id -> its pages, in order
 
     @property
@@ -63,12 +66,14 @@ class Scheduler:
         self.config = config
         self.blocks = blocks
         self.waiting: deque[Request] = deque()
+        self.requests: dict[str, Request] = {}  # every unfinished request, by id
         self.running: list[Request] = []  # oldest first; the newest is the first to be preempted
         self.num_preemptions = 0
         self.peak_pages_used = 0  # the most KV pages held at once, for "how much of the cache did we need"
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
+        self.requests[request.request_id] = request
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -81,7 +86,7 @@ class Scheduler:
             request = self.running[index]
             num_tokens = min(request.num_tokens - request.num_computed_tokens, budget)
             if self._make_room(request, request.num_computed_tokens + num_tokens, out):
-                out.scheduled.append(ScheduledRequest(request, num_tokens))
+                out.scheduled.append(_scheduled(request, num_tokens))
                 budget -= num_tokens
                 index += 1
             else:  # the request preempted itself: nothing newer is left running
@@ -105,13 +110,13 @@ class Scheduler:
                 request.num_cached_tokens = cached
                 self.blocks.count_lookup(request.num_prompt_tokens, cached)
             self.running.append(request)
-            out.scheduled.append(ScheduledRequest(request, num_tokens, cached))
+            out.scheduled.append(_scheduled(request, num_tokens, cached))
             budget -= num_tokens
         self.peak_pages_used = max(self.peak_pages_used, self.blocks.num_used_pages)
         return self._with_tables(out)
 
     def _with_tables(self, out: SchedulerOutput) -> SchedulerOutput:
-        out.block_tables = {s.request.request_id: self.blocks.tables[s.request.request_id] for s in out.scheduled}
+        out.block_tables = {s.request_id: self.blocks.tables[s.request_id] for s in out.scheduled}
         return out
 
     def _make_room(self, request: Request, num_tokens: int, out: SchedulerOutput) -> bool:
@@ -120,7 +125,7 @@ class Scheduler:
         while not self.blocks.reserve(request.request_id, num_tokens):
             victim = self.running.pop()
             self._preempt(victim)
-            out.preempted.append(victim)
+            out.preempted.append(victim.request_id)
             if victim is request:
                 return False
         return True
@@ -140,7 +145,7 @@ class Scheduler:
         now = time.perf_counter()
         changed = []
         for item in out.scheduled:
-            request = item.request
+            request = self.requests[item.request_id]
             request.num_computed_tokens += item.num_tokens
             self.blocks.cache_computed(request.request_id, request.token_ids, request.num_computed_tokens)
             token = sampled.get(request.request_id)
@@ -189,6 +194,7 @@ class Scheduler:
 
     def _retire(self, request: Request, status: RequestStatus, now: float) -> None:
         request.finish(status, now)
+        self.requests.pop(request.request_id, None)
         self.blocks.free(request.request_id)
         if request in self.running:
             self.running.remove(request)
@@ -199,3 +205,9 @@ class Scheduler:
         return {"num_running": len(self.running), "num_waiting": len(self.waiting),
                 "num_preemptions": self.num_preemptions,
                 "kv_peak_usage": self.peak_pages_used / self.blocks.num_pages, **self.blocks.stats()}
+
+
+def _scheduled(request: Request, num_tokens: int, num_cached_tokens: int = 0) -> ScheduledRequest:
+    start = request.num_computed_tokens
+    return ScheduledRequest(request.request_id, start, tuple(request.token_ids[start:start + num_tokens]),
+                            start + num_tokens == request.num_tokens, num_cached_tokens)

@@ -30,7 +30,7 @@ def request(name: str, prompt_len: int, max_tokens: int = 8, prompt: list[int] |
 def run_step(scheduler: Scheduler, token: int = 7):
     """Schedule, then pretend the model ran: every request that reached its last token samples `token`."""
     plan = scheduler.schedule()
-    sampled = {s.request.request_id: token for s in plan.scheduled if s.samples}
+    sampled = {s.request_id: token for s in plan.scheduled if s.samples}
     scheduler.update(plan, sampled)
     scheduler.blocks.check()
     return plan
@@ -97,7 +97,7 @@ def test_a_shared_prefix_is_computed_once_and_the_request_after_starts_past_it()
     scheduler.add(request("second", 0, prompt=shared + [3, 4, 5]))
     plan = run_step(scheduler)
     [item] = plan.scheduled
-    assert item.request.num_cached_tokens == 12 and item.num_tokens == 3  # only its own tokens are computed
+    assert item.num_cached_tokens == 12 and item.num_tokens == 3 and item.start == 12  # only its own tokens are computed
     assert plan.block_tables["second"][:3] == scheduler.blocks.match(shared + [0])
     assert scheduler.blocks.stats()["prefix_cache_hits"] == 12
     assert scheduler.blocks.hit_rate == pytest.approx(12 / (14 + 15))
@@ -140,12 +140,12 @@ def test_decodes_go_first_and_the_budget_caps_each_step():
     for name, length in (("a", 3), ("b", 20)):
         scheduler.add(request(name, length))
     first = run_step(scheduler)
-    assert [(s.request.request_id, s.num_tokens) for s in first.scheduled] == [("a", 3), ("b", 7)]
+    assert [(s.request_id, s.num_tokens) for s in first.scheduled] == [("a", 3), ("b", 7)]
     second = run_step(scheduler)  # a decodes (1 token) before b's next prompt chunk
-    assert [(s.request.request_id, s.num_tokens) for s in second.scheduled] == [("a", 1), ("b", 9)]
+    assert [(s.request_id, s.num_tokens) for s in second.scheduled] == [("a", 1), ("b", 9)]
     assert all(p.num_tokens <= 10 for p in (first, second))
     third = run_step(scheduler)
-    assert [(s.request.request_id, s.num_tokens) for s in third.scheduled] == [("a", 1), ("b", 4)]
+    assert [(s.request_id, s.num_tokens) for s in third.scheduled] == [("a", 1), ("b", 4)]
     assert scheduler.running[1].output_token_ids == [7]  # b's last chunk gave its first token
 
 
@@ -166,7 +166,7 @@ def test_newest_request_is_preempted_when_pages_run_out_and_recomputed_later():
     run_step(scheduler)  # both prefilled (7 tokens in 2 pages each) and sampled their 8th token
     assert not run_step(scheduler).preempted  # the 8th token's key and value fill the second page
     plan = run_step(scheduler)  # old's 9th token needs a third page: none is free
-    assert [r.request_id for r in plan.preempted] == ["new"]
+    assert plan.preempted == ["new"]
     victim = scheduler.waiting[0]
     assert victim.request_id == "new" and victim.status is RequestStatus.PREEMPTED
     assert victim.num_computed_tokens == 0 and victim.num_preemptions == 1
