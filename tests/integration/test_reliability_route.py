@@ -20,13 +20,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
+from loopback import background_asgi, metric, read_body, wait_for
 
 from labkit.config import RouterConfig, ScaleConfig
 from labkit.route import Router, StaticPool, route
@@ -50,12 +49,7 @@ async def stand_in(scope, receive, send):
     if scope["type"] != "http":
         return
     SEEN_HEADERS.append(list(scope["headers"]))
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     if scope["path"] == "/v1/models":
         payload = json.dumps({"object": "list", "data": [{"id": "stand-in", "object": "model"}]}).encode()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
@@ -105,14 +99,8 @@ async def answer(fields: dict, send, gone: asyncio.Event):
 
 @pytest.fixture(scope="module")
 def upstream_url():
-    server = uvicorn.Server(uvicorn.Config(stand_in, host="127.0.0.1", port=0, log_level="critical", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
+    with background_asgi(stand_in) as url:
+        yield url
 
 
 def read_stream(url: str, body: dict, headers: dict | None = None, timeout: float = 60) -> dict:
@@ -415,7 +403,7 @@ def test_scale_down_lets_the_drained_replicas_stream_finish():
     try:
         auth = {"Authorization": f"Bearer {KEY}"}
         for replica in lab.pool.replicas():  # the pool's replicas ask for the router's key
-            assert f"--drain-timeout\x0060\x00" in open(f"/proc/{replica.pid}/cmdline").read()
+            assert "--drain-timeout\x0060\x00" in open(f"/proc/{replica.pid}/cmdline").read()
             assert httpx.get(replica.url + "/v1/models").status_code == 401
             assert httpx.get(replica.url + "/v1/models", headers=auth).status_code == 200
         # how fast does a replica decode here? Size the streams to outlast the replicas' default grace
@@ -455,17 +443,8 @@ def test_scale_down_lets_the_drained_replicas_stream_finish():
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
-def metric(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def child_pids(pid: int) -> list[int]:

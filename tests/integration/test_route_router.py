@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
+from loopback import background_asgi, metric, read_body
 
 import labkit
 from labkit.config import RouterConfig
@@ -25,12 +24,7 @@ async def slow_upstream(scope, receive, send):
     """A stand-in replica whose completions take the body's `sleep` seconds (for a replica kept busy)."""
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     fields = json.loads(body) if body else {}
     if fields.get("die_mid_stream"):  # one event, then the connection drops as if the process died
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
@@ -44,15 +38,8 @@ async def slow_upstream(scope, receive, send):
 
 @pytest.fixture(scope="module")
 def slow_url():
-    server = uvicorn.Server(uvicorn.Config(slow_upstream, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
+    with background_asgi(slow_upstream, log_level="warning") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +78,6 @@ def settled_in_flight(router) -> int:
     return router.router.in_flight()
 
 
-def metric(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 def test_completions_and_chat_through_the_router_equal_the_replica_direct(servers, client):

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+from loopback import wait_for
 
 from labkit.config import ScaleConfig
 from labkit.monitor.events import ReplicaCount, ScaleDecision
@@ -18,13 +19,6 @@ pytestmark = pytest.mark.integration
 SERVE_ARGS = ["--device", "cpu", "--dtype", "float32"]
 
 
-def wait_for(predicate, timeout: float, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def no_orphans(pids):
