@@ -137,7 +137,7 @@ def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed:
         f"outputs {sum(lengths)} tokens ({min(lengths)}-{max(lengths)} each), {loaded.name} {dtype}")
     # Warm HF's generate too, so no system pays for first-call set-up inside its timing.
     baselines.hf_sequential(loaded.model, prompts[:1], [2], pad)
-    results, extra = {}, {}
+    results, extras = {}, {}  # extras: what a labkit run measures beyond the common summary
     for name in systems:
         log(f"running {name} ...")
         if name == "hf-sequential":
@@ -149,17 +149,15 @@ def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed:
                                           max_batch_tokens=config.max_num_batched_tokens,
                                           max_num_seqs=config.max_num_seqs)
         elif name == "labkit" and workload_name == "shared-prefix":
-            run, extra = run_prefix_cache(loaded, prompts, lengths, replace(config, enable_prefix_caching=True))
+            run, extras[name] = run_prefix_cache(loaded, prompts, lengths, replace(config, enable_prefix_caching=True))
         elif name == "labkit-no-prefix-cache":
-            run, off = run_prefix_cache(loaded, prompts, lengths, replace(config, enable_prefix_caching=False))
-            results_extra_off = off
+            run, extras[name] = run_prefix_cache(loaded, prompts, lengths,
+                                                 replace(config, enable_prefix_caching=False))
         elif name == "labkit":
-            run, extra = run_labkit(loaded, prompts, lengths, config)
+            run, extras[name] = run_labkit(loaded, prompts, lengths, config)
         else:
             raise ValueError(f"Unknown system {name!r}; choose from {', '.join(SYSTEMS)}.")
-        results[name] = summarise(run, lengths)
-        if name == "labkit-no-prefix-cache":
-            results[name].update(results_extra_off)
+        results[name] = {**summarise(run, lengths), **extras.get(name, {})}
         log(f"  {name}: {results[name]['output_tokens_per_s']} tok/s over {results[name]['wall_s']} s")
     log("measuring the roofline ...")
     ceiling = roofline.measure(loaded.dtype)
@@ -171,13 +169,12 @@ def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed:
         ours = results["labkit"]
         report["ratios"] = {f"labkit_vs_{name}": round(ours["output_tokens_per_s"] / r["output_tokens_per_s"], 2)
                             for name, r in results.items() if name != "labkit"}
-        ours.update(extra)
         if workload_name == "shared-prefix" and "labkit-no-prefix-cache" in results:
             off = results["labkit-no-prefix-cache"]
             report["ratios"]["ttft_alone_after_first_on_over_off"] = round(
                 ours["ttft_alone_after_first_mean_s"] / off["ttft_alone_after_first_mean_s"], 3)
         else:
-            ours.update(_utilisation(loaded, ours, extra, sum(map(len, prompts)), ceiling))
+            ours.update(_utilisation(loaded, ours, extras["labkit"], sum(map(len, prompts)), ceiling))
     report["all_tokens_as_requested"] = all(r["tokens_as_requested"] for r in results.values())
     return report
 

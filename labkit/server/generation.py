@@ -5,14 +5,12 @@ engine's output processor; nothing here decodes tokens."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 
 from ..engine import SamplingParams
 from .errors import APIError, bad_request, timed_out
 
 DEFAULT_MAX_TOKENS = 256  # when a request names none, as far as the context allows
-_engine_ids = itertools.count()  # suffixes that keep engine request ids unique
 
 
 def sampling_params(body, prompt_tokens: int, max_model_len: int) -> SamplingParams:
@@ -45,7 +43,7 @@ class GenerationJob:
         self.engine = services.engine
         self.id = request_id
         # The engine's id is unique even when a client reuses its X-Request-Id for concurrent requests.
-        self.engine_id = f"{request_id}#{next(_engine_ids)}"
+        self.engine_id = f"{request_id}#{next(services.engine_ids)}"
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.cached_tokens = 0

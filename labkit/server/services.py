@@ -4,6 +4,7 @@ name; an unknown name is a 404."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from ..config import ServerConfig
@@ -27,6 +28,7 @@ class Services:
         self.encoder: EmbeddingService | None = None
         self.ready = False
         self.jobs: set = set()  # GenerationJobs in flight, for the drain
+        self.engine_ids = itertools.count()  # suffixes that keep engine request ids unique
         self._stopped = False
         for loaded in models:
             if loaded.kind == "encoder":

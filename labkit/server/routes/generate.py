@@ -32,8 +32,6 @@ async def completions(body: CompletionRequest, request: Request):
     engine = services.llm_for(body.model)
     if body.echo:
         raise APIError(400, "echo is not supported.", param="echo", code="unsupported")
-    if isinstance(body.prompt, list) and not all(0 <= t < len(engine.tokenizer) for t in body.prompt):
-        raise bad_request(f"Token ids must lie in [0, {len(engine.tokenizer)}).", param="prompt")
     return await _run(services, engine, body.prompt, body, "prompt", chat=False, request=request)
 
 
