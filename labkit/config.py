@@ -43,6 +43,7 @@ class EngineConfig:
     adapt_threads: bool = True  # on CPU: fewer torch threads while another process shares the cores (engine/threads.py)
     step_log_size: int = 1024  # steps kept in `LLM.steps` (a window: about 2 KB a step at batch 32)
     enable_prefix_caching: bool = True  # requests sharing a prompt prefix share its KV pages (vLLM's name)
+    lean_forward: bool = True  # Llama, Mistral, Qwen2: the engine's own forward (engine/llama_forward.py); False: transformers' modules
 
     def __post_init__(self) -> None:
         if min(self.max_num_seqs, self.max_num_batched_tokens, self.page_size, self.step_log_size) < 1:

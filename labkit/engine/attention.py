@@ -1,18 +1,16 @@
 """Attention over the paged KV cache, plugged into any Hugging Face decoder through `AttentionInterface`.
 
 The model runs one forward per step over a packed batch: every scheduled token of every request side by
-side in a single row (batch 1, no padding). Each attention layer calls `paged_attention` with that row's
-queries, keys and values (after rotary embeddings); it writes the new keys and values into the cache pages
-and attends per request:
+side in a single row (batch 1, no padding). Each attention layer hands its queries, keys and values (after
+rotary embeddings) to `PagedAttention.attend_layer`, which writes the new keys and values into the cache
+pages (one row copy per token) and attends per request:
 
-* decode tokens (one per request) attend over the whole page pool at once. Every page below the highest page
-  in use gets its owner's query; a page's scores are masked where it holds no token of that owner. A softmax
-  split over pages (each page's max and sum, then combined per request, as in flash-decoding) gives exact
-  attention without copying any request's pages together: the work is proportional to the pages in use.
-  A page shared by several decodes (a cached prefix) is read in place for one of them and gathered once
-  for each other one: only shared pages are copied.
+* decode tokens (one per request) attend together, in one fused SDPA call: each request's pages are gathered
+  into a batch padded to the longest, and a mask hides the padding and the unfilled end of the last page. The
+  work is proportional to the pages each request holds; a page shared through the prefix cache is simply
+  gathered for each request that reads it, and is never written.
 * prefill chunks attend with SDPA: a prompt's first chunk over its own fresh keys (causal), a later chunk
-  over its pages gathered from the cache (only long, chunked prompts pay for that copy).
+  (a long prompt, or one whose start came from the prefix cache) over its pages gathered from the cache.
 
 Models that never call the interface (or calls outside an engine step) fall back to plain SDPA.
 """
@@ -44,15 +42,10 @@ class PrefillChunk:
 class AttentionBatch:
     """Everything the layers need to know about this step's packed row; built once per step, read by every layer."""
 
-    write_pages: torch.Tensor  # [tokens] page of each token's key/value
-    write_offsets: torch.Tensor  # [tokens] offset inside that page
+    write_slots: torch.Tensor  # [tokens] where each token's key and value go: page * page_size + offset
     num_decode: int  # the row starts with this many single-token decodes, one per request
-    num_pool_pages: int = 0  # decode attention reads pages [0, num_pool_pages) in place
-    extra_pages: torch.Tensor | None = None  # pages shared by several decodes: read again for each other one
-    page_owner: torch.Tensor | None = None  # [pool pages + extra] which decode row each slot belongs to (0 if none)
-    owner_index: torch.Tensor | None = None  # page_owner expanded for scatter_reduce
-    page_bias: torch.Tensor | None = None  # [pool pages, 1, 1, page_size] 0 where the owner has a token, else -inf
-    page_owner_matrix: torch.Tensor | None = None  # [decodes, pool pages] float32, 1 where the decode owns the page
+    decode_pages: torch.Tensor | None = None  # [decodes * most pages] each decode's pages, padded with page 0
+    decode_mask: torch.Tensor | None = None  # [decodes, 1, 1, most pages * page_size] True where a token is
     prefills: tuple[PrefillChunk, ...] = ()
 
 
@@ -68,73 +61,58 @@ class PagedAttention:
         self.batch: AttentionBatch | None = None
 
     def attend(self, module, query, key, value, scaling: float | None) -> torch.Tensor:
-        layer = self.layer_of[id(module)]
-        batch = self.batch
-        keys, values = self.cache.keys[layer], self.cache.values[layer]
-        new_keys, new_values = key[0], value[0]  # [kv_heads, tokens, head_dim]
-        keys[batch.write_pages, :, batch.write_offsets] = new_keys.transpose(0, 1)
-        values[batch.write_pages, :, batch.write_offsets] = new_values.transpose(0, 1)
-        q = query[0]  # [heads, tokens, head_dim]
+        """transformers' layout in and out: query [1, heads, tokens, d], key/value [1, kv_heads, tokens, d]."""
+        q = query[0]
         scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+        out = self.attend_layer(self.layer_of[id(module)], q, key[0].transpose(0, 1), value[0].transpose(0, 1), scale)
+        return out.unsqueeze(0)
+
+    def attend_layer(self, layer: int, q, new_keys, new_values, scale: float) -> torch.Tensor:
+        """q [heads, tokens, d], new keys/values [tokens, kv_heads, d] -> [tokens, heads, d]."""
+        batch = self.batch
+        keys, values = self.cache.keys[layer], self.cache.values[layer]  # [pages, page_size, kv_heads, d]
+        slots = keys.shape[0] * keys.shape[1]
+        keys.view(slots, -1).index_copy_(0, batch.write_slots, new_keys.reshape(new_keys.shape[0], -1))
+        values.view(slots, -1).index_copy_(0, batch.write_slots, new_values.reshape(new_values.shape[0], -1))
         if not batch.prefills:  # steady state: decodes only
-            return self._decode(q, keys, values, scale).unsqueeze(0)
+            return self._decode(q, keys, values, scale)
         out = q.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [tokens, heads, head_dim]
         if batch.num_decode:
             out[:batch.num_decode] = self._decode(q[:, :batch.num_decode], keys, values, scale)
         for chunk in batch.prefills:
             out[chunk.start:chunk.end] = self._prefill(chunk, q, new_keys, new_values, keys, values, scale)
-        return out.unsqueeze(0)
+        return out
 
     def _decode(self, q, keys, values, scale: float) -> torch.Tensor:
-        batch, n = self.batch, self.batch.num_decode
-        pool = batch.num_pool_pages
-        head_dim = q.shape[-1]
-        # [heads, n, d] -> [n, kv_heads, groups, d]: the queries sharing a kv head sit together (GQA).
-        # Scaling the few queries costs less than scaling the many scores.
-        q = (q * scale).reshape(self.num_kv_heads, self.groups, n, head_dim).permute(2, 0, 1, 3)
-        page_q = q.index_select(0, batch.page_owner)  # [slots, kv_heads, groups, d]
-        scores = torch.matmul(page_q[:pool], keys[:pool].transpose(-1, -2))  # [pool, kv_heads, groups, page]
-        extra = batch.extra_pages
-        if extra is not None:  # prefix-cache pages that other decodes share: only those are gathered
-            extra_scores = torch.matmul(page_q[pool:], keys.index_select(0, extra).transpose(-1, -2))
-            scores = torch.cat((scores, extra_scores))
-        slots = scores.shape[0]
-        scores = torch.add(scores, batch.page_bias)  # masks, and promotes to float32 in the same pass
-        page_max = scores.amax(-1, keepdim=True)
-        row_max = scores.new_full((n, self.num_kv_heads, self.groups, 1), float("-inf"))
-        row_max.scatter_reduce_(0, batch.owner_index, page_max, "amax")
-        probs = scores.sub_(row_max.index_select(0, batch.page_owner)).exp_()
-        # Sum the pages of each request with one matmul by the [requests, pages] ownership matrix
-        # (index_add_ over pages is a slow scatter on CPU).
-        owners = batch.page_owner_matrix
-        denominator = owners @ probs.sum(-1).view(slots, -1)  # [n, kv_heads * groups]
-        probs = probs.to(values.dtype)
-        page_out = torch.matmul(probs[:pool], values[:pool])  # [pool, kv_heads, groups, d]
-        if extra is not None:
-            page_out = torch.cat((page_out, torch.matmul(probs[pool:], values.index_select(0, extra))))
-        out = owners @ page_out.view(slots, -1).float()  # [n, kv_heads * groups * d]
-        out = out.view(n, -1, head_dim).div_(denominator.unsqueeze(-1))
-        return out.to(q.dtype)
+        batch = self.batch
+        n = batch.num_decode
+        k = self._gather(keys, batch.decode_pages, n)  # [n, kv_heads, context, d]
+        v = self._gather(values, batch.decode_pages, n)
+        queries = q.transpose(0, 1).unsqueeze(2)  # [n, heads, 1, d]
+        out = F.scaled_dot_product_attention(queries, k, v, attn_mask=batch.decode_mask, scale=scale,
+                                             enable_gqa=self.groups > 1)
+        return out.squeeze(2)  # [n, heads, d]
 
     def _prefill(self, chunk: PrefillChunk, q, new_keys, new_values, keys, values, scale: float) -> torch.Tensor:
         queries = q[:, chunk.start:chunk.end].unsqueeze(0)  # [1, heads, chunk, d]
         if chunk.context_pages is None:  # the chunk is the whole context so far: attend to its own keys
-            k = new_keys[:, chunk.start:chunk.end].unsqueeze(0)
-            v = new_values[:, chunk.start:chunk.end].unsqueeze(0)
+            k = new_keys[chunk.start:chunk.end].transpose(0, 1).unsqueeze(0)
+            v = new_values[chunk.start:chunk.end].transpose(0, 1).unsqueeze(0)
             out = F.scaled_dot_product_attention(queries, k, v, is_causal=True, scale=scale,
                                                  enable_gqa=self.groups > 1)
         else:
-            k = self._gather(keys, chunk)
-            v = self._gather(values, chunk)
+            k = self._gather(keys, chunk.context_pages, 1)[:, :, :chunk.context_len]
+            v = self._gather(values, chunk.context_pages, 1)[:, :, :chunk.context_len]
             out = F.scaled_dot_product_attention(queries, k, v, attn_mask=chunk.mask, scale=scale,
                                                  enable_gqa=self.groups > 1)
         return out[0].transpose(0, 1)  # [chunk, heads, d]
 
-    def _gather(self, pool: torch.Tensor, chunk: PrefillChunk) -> torch.Tensor:
-        pages = pool.index_select(0, chunk.context_pages)  # [pages, kv_heads, page, d]
-        kv_heads, head_dim = pages.shape[1], pages.shape[3]
-        flat = pages.transpose(0, 1).reshape(kv_heads, -1, head_dim)[:, :chunk.context_len]
-        return flat.unsqueeze(0)
+    @staticmethod
+    def _gather(pool: torch.Tensor, pages: torch.Tensor, rows: int) -> torch.Tensor:
+        """The listed pages of `rows` requests, side by side: [rows, kv_heads, pages per row * page_size, d]
+        (a strided view of one copy; SDPA reads it as it is)."""
+        _, page_size, kv_heads, head_dim = pool.shape
+        return pool.index_select(0, pages).view(rows, -1, kv_heads, head_dim).transpose(1, 2)
 
 
 def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

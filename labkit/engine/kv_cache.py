@@ -3,8 +3,8 @@
 Why pages and not one slot of max_model_len per request: a request holds only what it has used (rounded
 up to a page), so short chat requests do not each reserve the whole context, and when memory runs out
 the scheduler can preempt one request instead of refusing everyone. Why this layout
-([layers][pages, kv_heads, page_size, head_dim]): decode attention runs over the whole pool at once
-(see attention.py), reading pages in place, so no per-step gather of a request's pages is needed.
+([layers][pages, page_size, kv_heads, head_dim]): a token's keys for all heads are one row, written with one
+row copy, and a request's pages gathered side by side are its context in order (see attention.py).
 
 This holds tensors only; which request holds which page is the block manager's (block_manager.py).
 """
@@ -37,8 +37,9 @@ class PagedKVCache:
         self.shape = shape
         self.page_size = page_size
         self.num_pages = num_tokens // page_size
-        dims = (self.num_pages, shape.num_kv_heads, page_size, shape.head_dim)
-        # Zeros, not empty: attention reads whole pages, and masked positions must hold finite numbers.
+        dims = (self.num_pages, page_size, shape.num_kv_heads, shape.head_dim)
+        # Zeros, not empty: attention reads whole pages, and masked positions must hold finite numbers (0 x NaN
+        # would poison a softmax).
         self.keys = [torch.zeros(dims, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
         self.values = [torch.zeros(dims, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]
 

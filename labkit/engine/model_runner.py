@@ -15,6 +15,7 @@ from ..config import EngineConfig
 from . import attention
 from .attention import AttentionBatch, PagedAttention, PrefillChunk
 from .kv_cache import KVShape, PagedKVCache
+from .llama_forward import LlamaForward, unsupported_reason
 from .packed_linear import check_identical, prepack_linears, unpack_linears
 from .scheduler import ScheduledRequest
 
@@ -50,16 +51,36 @@ class ModelRunner:
         model._labkit_runner = weakref.ref(self)
         # A 4-D mask makes transformers skip building its own masks (ours are in the batch); it is never read.
         self.no_mask = torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=self.device)
-        self.page_slots = torch.arange(self.page_size, device=self.device)
-        self.packed_linears = prepack_linears(model, config.max_num_seqs) if config.prepack_weights else []
-        if self.packed_linears and not check_identical(self.packed_linears[0]):
-            unpack_linears(self.packed_linears)  # this oneDNN build rounds differently: keep the plain layers
-            self.packed_linears = []
+        # The Llama family takes a lean forward of its own; everything else runs transformers' modules.
+        self.generic_reason = unsupported_reason(model) if config.lean_forward else "lean_forward=False"
+        self.lean = None if self.generic_reason else LlamaForward(model, self.attention, config.prepack_weights,
+                                                                   config.max_num_seqs)
+        self.packed_linears = []
+        if self.lean is None and config.prepack_weights:
+            self.packed_linears = prepack_linears(model, config.max_num_seqs)
+            if self.packed_linears and not check_identical(self.packed_linears[0]):
+                unpack_linears(self.packed_linears)  # this oneDNN build rounds differently: keep the plain layers
+                self.packed_linears = []
+
+    @property
+    def forward_path(self) -> str:
+        """"lean" (the Llama family's own forward) or "generic" (transformers' modules, see `generic_reason`)."""
+        return "generic" if self.lean is None else "lean"
+
+    @property
+    def num_packed_weights(self) -> int:
+        """How many weight matrices are reordered for oneDNN (0 where packing is off or unavailable)."""
+        if self.lean is None:
+            return len(self.packed_linears)
+        projections = [self.lean.lm_head] + [p for layer in self.lean.layers
+                                             for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        return sum(p.packed is not None for p in projections)
 
     def detach_for_takeover(self) -> None:
         """Another engine took the model: undo only what is ours (packed weights), and refuse to step."""
         unpack_linears(self.packed_linears)
         self.packed_linears = []
+        self.lean = None
         self.taken_over = self.closed = True
 
     def close(self) -> None:
@@ -73,6 +94,7 @@ class ModelRunner:
         self.model.set_attn_implementation(self.previous_attn_implementation)
         unpack_linears(self.packed_linears)
         self.packed_linears = []
+        self.lean = None
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest],
@@ -106,21 +128,21 @@ class ModelRunner:
                 samplers.append(item)
         device = self.device
         position_tensor = torch.tensor(positions, device=device)
-        batch = AttentionBatch(
-            write_pages=torch.tensor(write_pages, device=device),
-            write_offsets=position_tensor % page_size,
-            num_decode=len(decodes),
-            prefills=tuple(chunks))
+        token_tensor = torch.tensor(token_ids, device=device)
+        keep_tensor = torch.tensor(keep, dtype=torch.long, device=device)
+        write_slots = torch.tensor(write_pages, device=device) * page_size + position_tensor % page_size
+        batch = AttentionBatch(write_slots=write_slots, num_decode=len(decodes), prefills=tuple(chunks))
         if decodes:
             self._describe_decodes(batch, decodes, block_tables)
         self.attention.batch = batch
         try:
-            out = self.model(input_ids=torch.tensor([token_ids], device=device),
-                             position_ids=position_tensor.unsqueeze(0), attention_mask=self.no_mask,
-                             use_cache=False, logits_to_keep=torch.tensor(keep, dtype=torch.long, device=device))
+            if self.lean is not None:
+                return self.lean(token_tensor, position_tensor, keep_tensor), samplers
+            out = self.model(input_ids=token_tensor.unsqueeze(0), position_ids=position_tensor.unsqueeze(0),
+                             attention_mask=self.no_mask, use_cache=False, logits_to_keep=keep_tensor)
+            return out.logits[0], samplers
         finally:
             self.attention.batch = None
-        return out.logits[0], samplers
 
     def _prefill_chunk(self, row: int, start: int, end: int, table: list[int]) -> PrefillChunk:
         if start == 0:
@@ -133,39 +155,17 @@ class ModelRunner:
 
     def _describe_decodes(self, batch: AttentionBatch, decodes: list[ScheduledRequest],
                           block_tables: dict[str, list[int]]) -> None:
-        """Which decode owns each page of the pool, and how many of that page's slots it has filled. A page
-        shared through the prefix cache belongs to its first decode here; each other decode that reads it
-        gets an extra (decode, page) pair, gathered from the pool on its own."""
+        """Each decode's pages, padded to the most any of them holds, and a mask of its tokens among them."""
         page_size = self.page_size
-        tables = [block_tables[d.request_id] for d in decodes]
-        pool = 1 + max(max(t) for t in tables)
-        owner = [0] * pool
-        filled = [0] * pool
-        extra_owner: list[int] = []
-        extra_pages: list[int] = []
-        for row, (item, table) in enumerate(zip(decodes, tables)):
-            context = item.start + 1  # the cached tokens and the new one
-            for index in range(-(-context // page_size)):
-                page = table[index]
-                if filled[page]:  # shared, hence full: another decode already reads it in place
-                    extra_owner.append(row)
-                    extra_pages.append(page)
-                    continue
-                owner[page] = row
-                filled[page] = min(page_size, context - index * page_size)
+        contexts = [d.start + 1 for d in decodes]  # the cached tokens and the new one
+        most = -(-max(contexts) // page_size)
+        pages: list[int] = []
+        for item, context in zip(decodes, contexts):
+            used = block_tables[item.request_id][:-(-context // page_size)]
+            pages.extend(used)
+            pages.extend([0] * (most - len(used)))
         device = self.device
-        owner_tensor = torch.tensor(owner + extra_owner, device=device)
-        filled_tensor = torch.tensor(filled + [page_size] * len(extra_pages), device=device)
-        slots = len(owner) + len(extra_owner)
-        visible = self.page_slots.unsqueeze(0) < filled_tensor.unsqueeze(1)  # [slots, page]
-        bias = torch.zeros(slots, page_size, device=device).masked_fill_(~visible, float("-inf"))
-        batch.num_pool_pages = pool
-        batch.extra_pages = torch.tensor(extra_pages, device=device) if extra_pages else None
-        batch.page_owner = owner_tensor
-        batch.owner_index = owner_tensor.view(slots, 1, 1, 1).expand(
-            slots, self.attention.num_kv_heads, self.attention.groups, 1)
-        batch.page_bias = bias.view(slots, 1, 1, page_size)
-        owned = filled_tensor > 0
-        matrix = torch.zeros(len(decodes), slots, device=device)
-        matrix[owner_tensor[owned], torch.arange(slots, device=device)[owned]] = 1.0
-        batch.page_owner_matrix = matrix
+        batch.decode_pages = torch.tensor(pages, device=device)
+        lengths = torch.tensor(contexts, device=device)
+        mask = torch.arange(most * page_size, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+        batch.decode_mask = mask.view(len(decodes), 1, 1, -1)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _packing_available() -> bool:
+def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
@@ -36,7 +36,7 @@ class _PackedForward:
 
 def prepack_linears(model: nn.Module, batch_hint: int = 32) -> list[nn.Linear]:
     """Prepack every bfloat16 CPU `nn.Linear` of `model`; returns the layers changed (for `unpack_linears`)."""
-    if not _packing_available():
+    if not packing_available():
         return []
     changed = []
     for module in model.modules():

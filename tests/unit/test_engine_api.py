@@ -187,7 +187,7 @@ def test_bf16_prepacked_weights_change_nothing_but_speed(tiny_model_dirs):
     with LLM(model, tokenizer, kv_cache_tokens=1024, page_size=16, prepack_weights=False) as plain:
         expected = [o.token_ids for o in plain.generate(prompts, params)]
     with LLM(model, tokenizer, kv_cache_tokens=1024, page_size=16) as packed:
-        assert packed.engine.runner.packed_linears, "bf16 linear layers should be prepacked on this CPU"
+        assert packed.engine.runner.num_packed_weights, "bf16 weights should be prepacked on this CPU"
         assert [o.token_ids for o in packed.generate(prompts, params)] == expected
     assert all("forward" not in layer.__dict__ for layer in model.modules())  # detached on close
 

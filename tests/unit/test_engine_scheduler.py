@@ -38,7 +38,7 @@ def run_step(scheduler: Scheduler, token: int = 7):
 
 def test_kv_pool_is_tensors_only_and_sized_in_pages():
     cache = PagedKVCache(SHAPE, num_tokens=42, page_size=4)
-    assert cache.num_pages == 10 and cache.keys[0].shape == (10, 1, 4, 4)
+    assert cache.num_pages == 10 and cache.keys[0].shape == (10, 4, 1, 4)  # [pages, page_size, kv_heads, head_dim]
     assert cache.memory_bytes == 40 * SHAPE.bytes_per_token == 40 * 2 * 2 * 4 * 4
 
 

@@ -1,0 +1,153 @@
+"""A lean forward pass for the Llama family (Llama, Mistral, Qwen2): transformers' math in far fewer torch calls.
+
+Why: on a CPU a small model's step is bound by per-call overhead, not by arithmetic. transformers' modules
+spend about a hundred torch calls per decoder layer (each 3-5 µs of dispatch); a step of the default model
+made ~6,000 of them, as long as its ~200 matmuls took. This forward runs the same layers from the same weight
+tensors with about a third of the calls:
+
+* q, k and v are one matmul, and so are the MLP's gate and up projections (weights concatenated once; in
+  bfloat16 on a CPU also reordered once for oneDNN, as `packed_linear` does for the generic path);
+* rotary embeddings turn q and k together, from one cos/sin lookup per step;
+* only the rows that will be sampled go through the final norm and the LM head.
+
+Each operation is the one transformers' module runs, in the same dtype and order, so float32 results match
+the generic path (tests compare both with HF `generate`). Other architectures (GPT-2, Qwen3's q/k norms,
+Gemma's scaled embeddings, ...) take the generic path: any module that routes attention through
+`AttentionInterface`. `unsupported_reason` says which path a model gets.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .packed_linear import packing_available
+
+FAMILY = ("llama", "mistral", "qwen2")
+
+
+def unsupported_reason(model) -> str | None:
+    """None when `model` can take the lean forward; else why it takes the generic one."""
+    config = model.config
+    if config.model_type not in FAMILY:
+        return f"model_type {config.model_type!r} is not one of {', '.join(FAMILY)}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} (the lean forward implements silu)"
+    if getattr(config, "pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1"
+    try:
+        layers = model.model.layers
+        for layer in layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            _ = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, attention.scaling,
+                 mlp.gate_proj, mlp.up_proj, mlp.down_proj, layer.input_layernorm, layer.post_attention_layernorm)
+        _ = (model.model.embed_tokens, model.model.norm, model.model.rotary_emb, model.lm_head)
+    except AttributeError as missing:
+        return f"an unexpected module layout ({missing})"
+    for layer in layers:
+        projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                       layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
+        if any(type(p) is not nn.Linear for p in projections):  # quantized or otherwise replaced layers
+            return f"{type(next(p for p in projections if type(p) is not nn.Linear)).__name__} projections"
+    return None
+
+
+class Projection:
+    """One or more linear layers applied to the same input as one matmul, their outputs side by side.
+
+    float32 keeps the layers apart (a concatenated weight may round differently, and float32 is where
+    results are compared bit for bit with transformers); other dtypes concatenate the weights once (a copy),
+    and bfloat16 on a CPU reorders that copy once for oneDNN.
+    """
+
+    def __init__(self, linears, pack: bool, batch_hint: int):
+        self.linears = list(linears)
+        self.packed = None
+        weights = [lin.weight.detach() for lin in self.linears]
+        biases = [lin.bias.detach() if lin.bias is not None else None for lin in self.linears]
+        self.fused = weights[0].dtype != torch.float32 or len(weights) == 1
+        if not self.fused:
+            return
+        self.weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+        if any(b is not None for b in biases):
+            self.bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
+        else:
+            self.bias = None
+        if pack and self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu" and packing_available():
+            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch_hint)
+            probe = torch.randn(3, self.weight.shape[1], dtype=self.weight.dtype)
+            if torch.equal(self._packed(probe, packed), F.linear(probe, self.weight, self.bias)):
+                self.packed = packed  # else this oneDNN build rounds differently: keep the plain matmul
+            if self.packed is not None and len(weights) > 1:
+                self.weight = None  # the concatenated copy is not needed beside its packed one
+
+    def _packed(self, x: torch.Tensor, packed) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return self._packed(x, self.packed)
+        if self.fused:
+            return F.linear(x, self.weight, self.bias)
+        return torch.cat([F.linear(x, lin.weight, lin.bias) for lin in self.linears], dim=-1)
+
+
+class _Layer:
+    def __init__(self, layer, pack: bool, batch_hint: int):
+        attention, mlp = layer.self_attn, layer.mlp
+        self.qkv = Projection((attention.q_proj, attention.k_proj, attention.v_proj), pack, batch_hint)
+        self.o = Projection((attention.o_proj,), pack, batch_hint)
+        self.gate_up = Projection((mlp.gate_proj, mlp.up_proj), pack, batch_hint)
+        self.down = Projection((mlp.down_proj,), pack, batch_hint)
+        self.input_norm = layer.input_layernorm
+        self.post_norm = layer.post_attention_layernorm
+        self.scaling = attention.scaling
+
+
+def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, call for call: float32 statistics, the weight applied in the input dtype."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)
+
+
+class LlamaForward:
+    """`forward(input_ids, positions, keep) -> logits` over one packed row, attention by `attention`."""
+
+    def __init__(self, model, attention, pack: bool, batch_hint: int = 32):
+        config = model.config
+        self.attention = attention
+        self.embed = model.model.embed_tokens
+        self.rotary = model.model.rotary_emb
+        self.final_norm = model.model.norm
+        self.layers = [_Layer(layer, pack, batch_hint) for layer in model.model.layers]
+        self.lm_head = Projection((model.lm_head,), pack, batch_hint)
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        half = self.head_dim // 2
+        self.split = ((self.num_heads + self.num_kv_heads) * self.head_dim, self.num_kv_heads * self.head_dim)
+        self.half = half
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """transformers' apply_rotary_pos_emb on [tokens, heads, head_dim] (q and k heads together)."""
+        first, second = x[..., :self.half], x[..., self.half:]
+        return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        tokens = input_ids.shape[0]
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        h = self.embed(input_ids)  # [tokens, hidden]
+        cos, sin = self.rotary(h, positions.unsqueeze(0))
+        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [tokens, 1, head_dim]
+        for index, layer in enumerate(self.layers):
+            qkv = layer.qkv(_rms_norm(h, layer.input_norm))
+            qk, v = qkv.split(self.split, dim=-1)
+            qk = self._rotate(qk.view(tokens, heads + kv_heads, head_dim), cos, sin)
+            q, k = qk.split((heads, kv_heads), dim=1)
+            out = self.attention.attend_layer(index, q.transpose(0, 1), k, v.view(tokens, kv_heads, head_dim),
+                                              layer.scaling)  # [tokens, heads, head_dim]
+            h = h + layer.o(out.reshape(tokens, heads * head_dim))
+            gate, up = layer.gate_up(_rms_norm(h, layer.post_norm)).chunk(2, dim=-1)
+            h = h + layer.down(F.silu(gate) * up)
+        return self.lm_head(_rms_norm(h.index_select(0, keep), self.final_norm))
