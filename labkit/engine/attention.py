@@ -45,7 +45,7 @@ class AttentionBatch:
     write_slots: torch.Tensor  # [tokens] where each token's key and value go: page * page_size + offset
     num_decode: int  # the row starts with this many single-token decodes, one per request
     decode_pages: torch.Tensor | None = None  # [decodes * most pages] each decode's pages, padded with page 0
-    decode_mask: torch.Tensor | None = None  # [decodes, 1, 1, most pages * page_size] True where a token is
+    decode_mask: torch.Tensor | None = None  # [decodes, 1, 1, most pages * page_size] 0 on a token, -inf elsewhere
     prefills: tuple[PrefillChunk, ...] = ()
 
 

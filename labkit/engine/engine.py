@@ -149,7 +149,7 @@ class LLMEngine:
             return []
         # A forward pass that raises is the engine's failure, not one request's (prompts were validated on
         # entry): it propagates. What is per request (sampling, text) fails that request alone.
-        logits, samplers = self.runner.execute(plan.scheduled, plan.block_tables)
+        logits, samplers = self.runner.execute(plan)
         tokens = self._sample(logits, [self.scheduler.requests[s.request_id] for s in samplers])
         changed = self.scheduler.update(plan, {s.request_id: t for s, t in zip(samplers, tokens)})
         outputs = self.outputs.process(changed, self.scheduler.stop_at_string, self.scheduler.fail)

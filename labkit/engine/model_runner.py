@@ -17,7 +17,8 @@ from .attention import AttentionBatch, PagedAttention, PrefillChunk
 from .kv_cache import KVShape, PagedKVCache
 from .llama_forward import LlamaForward, unsupported_reason
 from .packed_linear import check_identical, prepack_linears, unpack_linears
-from .scheduler import ScheduledRequest
+from .input_batch import InputBatch
+from .scheduler import ScheduledRequest, SchedulerOutput
 
 
 class ModelRunner:
@@ -42,6 +43,7 @@ class ModelRunner:
         self.kv_shape: KVShape = shape
         self.cache = PagedKVCache(shape, config.kv_cache_tokens, config.page_size, self.device)
         self.page_size = config.page_size
+        self.input_batch = InputBatch(config.max_num_seqs, self.cache.num_pages)
         self.attention = PagedAttention(self.cache, num_heads)
         for layer, module in enumerate(self.attention_modules):
             self.attention.layer_of[id(module)] = layer
@@ -97,43 +99,41 @@ class ModelRunner:
         self.lean = None
 
     @torch.inference_mode()
-    def execute(self, scheduled: list[ScheduledRequest],
-                block_tables: dict[str, list[int]]) -> tuple[torch.Tensor, list[ScheduledRequest]]:
+    def execute(self, plan: SchedulerOutput) -> tuple[torch.Tensor, list[ScheduledRequest]]:
         """Run the step. Returns logits [samplers, vocab] and the scheduled requests they belong to."""
         if self.taken_over:
             raise RuntimeError("Another engine now drives this model object, so this one stopped; use one engine "
                                "per loaded model (close the old one), or load the model again for a second engine.")
-        decodes = [s for s in scheduled if s.is_decode]
-        prefills = [s for s in scheduled if not s.is_decode]
-        ordered = decodes + prefills  # the attention expects decodes first
+        self.input_batch.update(plan)
+        decodes = [s for s in plan.scheduled if s.is_decode]
+        ordered = decodes + [s for s in plan.scheduled if not s.is_decode]  # the attention expects decodes first
         token_ids: list[int] = []
         positions: list[int] = []
-        write_pages: list[int] = []
+        token_rows: list[int] = []  # each token's request, as its row in the input batch
         keep: list[int] = []  # packed indices whose logits are needed
         samplers: list[ScheduledRequest] = []
         chunks: list[PrefillChunk] = []
-        page_size = self.page_size
         for item in ordered:
-            start = item.start
-            end = start + item.num_tokens
-            table = block_tables[item.request_id]
-            row = len(token_ids)
+            start, end, first = item.start, item.start + item.num_tokens, len(token_ids)
+            row = self.input_batch.row_of[item.request_id]
             token_ids.extend(item.token_ids)
             positions.extend(range(start, end))
-            write_pages.extend(table[p // page_size] for p in range(start, end))
+            token_rows.extend([row] * item.num_tokens)
             if item.num_tokens > 1:
-                chunks.append(self._prefill_chunk(row, start, end, table))
+                chunks.append(self._prefill_chunk(first, start, end, row))
             if item.samples:
-                keep.append(row + item.num_tokens - 1)
+                keep.append(first + item.num_tokens - 1)
                 samplers.append(item)
-        device = self.device
-        position_tensor = torch.tensor(positions, device=device)
-        token_tensor = torch.tensor(token_ids, device=device)
-        keep_tensor = torch.tensor(keep, dtype=torch.long, device=device)
-        write_slots = torch.tensor(write_pages, device=device) * page_size + position_tensor % page_size
-        batch = AttentionBatch(write_slots=write_slots, num_decode=len(decodes), prefills=tuple(chunks))
+        device, page_size = self.device, self.page_size
+        positions_cpu = torch.tensor(positions)
+        write_pages = self.input_batch.block_table[torch.tensor(token_rows), positions_cpu // page_size]
+        batch = AttentionBatch(write_slots=(write_pages * page_size + positions_cpu % page_size).to(device),
+                               num_decode=len(decodes), prefills=tuple(chunks))
         if decodes:
-            self._describe_decodes(batch, decodes, block_tables)
+            self._describe_decodes(batch, decodes)
+        token_tensor = torch.tensor(token_ids, device=device)
+        position_tensor = positions_cpu.to(device)
+        keep_tensor = torch.tensor(keep, dtype=torch.long, device=device)
         self.attention.batch = batch
         try:
             if self.lean is not None:
@@ -144,28 +144,23 @@ class ModelRunner:
         finally:
             self.attention.batch = None
 
-    def _prefill_chunk(self, row: int, start: int, end: int, table: list[int]) -> PrefillChunk:
+    def _prefill_chunk(self, first: int, start: int, end: int, row: int) -> PrefillChunk:
         if start == 0:
-            return PrefillChunk(row, row + end - start)
-        # A later chunk of a long prompt: it attends to the cached start of the prompt and causally to itself.
+            return PrefillChunk(first, first + end - start)
+        # A later chunk of a long prompt (or one after cached pages): it attends to the cached start of the
+        # prompt and causally to itself.
         query_positions = torch.arange(start, end, device=self.device).unsqueeze(1)
         mask = torch.arange(end, device=self.device).unsqueeze(0) <= query_positions
-        pages = torch.tensor(table[:-(-end // self.page_size)], device=self.device)
-        return PrefillChunk(row, row + end - start, context_pages=pages, mask=mask, context_len=end)
+        pages = self.input_batch.block_table[row, :-(-end // self.page_size)].to(self.device)
+        return PrefillChunk(first, first + end - start, context_pages=pages, mask=mask, context_len=end)
 
-    def _describe_decodes(self, batch: AttentionBatch, decodes: list[ScheduledRequest],
-                          block_tables: dict[str, list[int]]) -> None:
-        """Each decode's pages, padded to the most any of them holds, and a mask of its tokens among them."""
-        page_size = self.page_size
-        contexts = [d.start + 1 for d in decodes]  # the cached tokens and the new one
-        most = -(-max(contexts) // page_size)
-        pages: list[int] = []
-        for item, context in zip(decodes, contexts):
-            used = block_tables[item.request_id][:-(-context // page_size)]
-            pages.extend(used)
-            pages.extend([0] * (most - len(used)))
-        device = self.device
-        batch.decode_pages = torch.tensor(pages, device=device)
-        lengths = torch.tensor(contexts, device=device)
-        mask = torch.arange(most * page_size, device=device).unsqueeze(0) < lengths.unsqueeze(1)
-        batch.decode_mask = mask.view(len(decodes), 1, 1, -1)
+    def _describe_decodes(self, batch: AttentionBatch, decodes: list[ScheduledRequest]) -> None:
+        """Each decode's pages, padded to the most any of them holds (padding reads whatever page the row
+        held before; it is masked), and an additive mask: 0 on the request's tokens, -inf elsewhere."""
+        contexts = torch.tensor([d.start + 1 for d in decodes])  # the cached tokens and the new one
+        most = -(-int(contexts.max()) // self.page_size)
+        rows = self.input_batch.rows(d.request_id for d in decodes)
+        batch.decode_pages = self.input_batch.block_table[rows, :most].reshape(-1).to(self.device)
+        hidden = torch.arange(most * self.page_size).unsqueeze(0) >= contexts.unsqueeze(1)
+        mask = torch.zeros(hidden.shape, dtype=self.kv_shape.dtype).masked_fill_(hidden, float("-inf"))
+        batch.decode_mask = mask.view(len(decodes), 1, 1, -1).to(self.device)

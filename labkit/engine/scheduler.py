@@ -13,7 +13,9 @@ Policy, in order of priority:
    caching, block_manager.py): those tokens are not computed again. After each step, pages that became full
    are given keys, so the next request with the same prefix finds them.
 
-The output is plain data (which requests, how many tokens each, their page tables) for the runner.
+The output is plain data for the runner, which keeps its own copy of the batch (model_runner.InputBatch):
+which requests, how many tokens each, the pages each was given since the runner last saw it (all of them for
+a request entering the batch), and which requests left the batch since the last step.
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ class ScheduledRequest:
 class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted: list[str] = field(default_factory=list)  # ids of the requests preempted to make room
-    block_tables: dict[str, list[int]] = field(default_factory=dict)  # request id -> its pages, in order
+    new_block_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)  # pages added since the runner saw them
+    departed: tuple[str, ...] = ()  # left the batch since the last step (finished, aborted, preempted)
 
     @property
     def num_tokens(self) -> int:
@@ -70,6 +73,8 @@ class Scheduler:
         self.running: list[Request] = []  # oldest first; the newest is the first to be preempted
         self.num_preemptions = 0
         self.peak_pages_used = 0  # the most KV pages held at once, for "how much of the cache did we need"
+        self._pages_sent: dict[str, int] = {}  # request id -> how many of its pages the runner was told of
+        self._departed: list[str] = []  # requests that let go of their pages since the last schedule()
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
@@ -116,8 +121,20 @@ class Scheduler:
         return self._with_tables(out)
 
     def _with_tables(self, out: SchedulerOutput) -> SchedulerOutput:
-        out.block_tables = {s.request_id: self.blocks.tables[s.request_id] for s in out.scheduled}
+        """Tell the runner only what changed: who left, and the pages each scheduled request gained."""
+        out.departed, self._departed = tuple(self._departed), []
+        for item in out.scheduled:
+            table = self.blocks.tables[item.request_id]
+            sent = self._pages_sent.get(item.request_id, 0)
+            if len(table) > sent:
+                out.new_block_ids[item.request_id] = tuple(table[sent:])
+                self._pages_sent[item.request_id] = len(table)
         return out
+
+    def _let_go(self, request_id: str) -> None:
+        self.blocks.free(request_id)
+        if self._pages_sent.pop(request_id, None) is not None:
+            self._departed.append(request_id)
 
     def _make_room(self, request: Request, num_tokens: int, out: SchedulerOutput) -> bool:
         """Reserve pages for `num_tokens` of `request`, preempting the newest requests until they fit.
@@ -131,7 +148,7 @@ class Scheduler:
         return True
 
     def _preempt(self, request: Request) -> None:
-        self.blocks.free(request.request_id)
+        self._let_go(request.request_id)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
@@ -195,7 +212,7 @@ class Scheduler:
     def _retire(self, request: Request, status: RequestStatus, now: float) -> None:
         request.finish(status, now)
         self.requests.pop(request.request_id, None)
-        self.blocks.free(request.request_id)
+        self._let_go(request.request_id)
         if request in self.running:
             self.running.remove(request)
         else:

@@ -27,9 +27,17 @@ def request(name: str, prompt_len: int, max_tokens: int = 8, prompt: list[int] |
                    SamplingParams(temperature=0, max_tokens=max_tokens), max_model_len=1000)
 
 
-def run_step(scheduler: Scheduler, token: int = 7):
-    """Schedule, then pretend the model ran: every request that reached its last token samples `token`."""
+def run_step(scheduler: Scheduler, token: int = 7, mirror: dict | None = None):
+    """Schedule, then pretend the model ran: every request that reached its last token samples `token`.
+    `mirror`: the block tables as a runner rebuilds them from the plans' deltas; checked against the truth."""
     plan = scheduler.schedule()
+    if mirror is not None:
+        for request_id in plan.departed:
+            del mirror[request_id]
+        for request_id, pages in plan.new_block_ids.items():
+            mirror.setdefault(request_id, []).extend(pages)
+        assert all(mirror[s.request_id] == scheduler.blocks.tables[s.request_id] for s in plan.scheduled)
+        assert len(mirror) <= scheduler.config.max_num_seqs
     sampled = {s.request_id: token for s in plan.scheduled if s.samples}
     scheduler.update(plan, sampled)
     scheduler.blocks.check()
@@ -98,7 +106,7 @@ def test_a_shared_prefix_is_computed_once_and_the_request_after_starts_past_it()
     plan = run_step(scheduler)
     [item] = plan.scheduled
     assert item.num_cached_tokens == 12 and item.num_tokens == 3 and item.start == 12  # only its own tokens are computed
-    assert plan.block_tables["second"][:3] == scheduler.blocks.match(shared + [0])
+    assert plan.new_block_ids["second"][:3] == tuple(scheduler.blocks.match(shared + [0]))
     assert scheduler.blocks.stats()["prefix_cache_hits"] == 12
     assert scheduler.blocks.hit_rate == pytest.approx(12 / (14 + 15))
 
@@ -117,6 +125,7 @@ def test_random_add_step_abort_preempt_never_leaks_a_page():
     scheduler = make(pages=12, page_size=4, max_num_seqs=4, max_num_batched_tokens=16)
     prefixes = [list(range(base, base + 8)) for base in (700, 800)]
     names = iter(range(10_000))
+    mirror: dict[str, list[int]] = {}  # what the runner's input batch holds, built from deltas only
     for _ in range(300):
         action = rng.random()
         if action < 0.3:
@@ -126,9 +135,9 @@ def test_random_add_step_abort_preempt_never_leaks_a_page():
         elif action < 0.4 and scheduler.running + list(scheduler.waiting):
             scheduler.abort(rng.choice(scheduler.running + list(scheduler.waiting)).request_id)
         elif scheduler.has_unfinished():
-            run_step(scheduler, token=rng.randint(0, 50))  # run_step checks the invariants after every step
+            run_step(scheduler, token=rng.randint(0, 50), mirror=mirror)  # invariants checked after every step
     while scheduler.has_unfinished():
-        run_step(scheduler)
+        run_step(scheduler, mirror=mirror)
     assert scheduler.num_preemptions > 0 and scheduler.blocks.hits > 0  # both paths were exercised
     assert scheduler.blocks.num_used_pages == 0 and scheduler.blocks.tables == {}
     blocks = scheduler.blocks
