@@ -1,7 +1,8 @@
 """`labkit bench engine`: the same fixed workload through four systems, one after another, in one process.
 
 hf-sequential (HF generate, one request at a time), hf-static (HF generate over left-padded batches of 8),
-hf-continuous (transformers' own continuous batching, cache bounded like ours) and labkit. The machine's
+hf-continuous (transformers' own continuous batching, cache bounded like ours) and labkit; on request also
+vllm (vLLM's CPU build in a subprocess of its own venv, vllm_baseline.py). The machine's
 roofline (matmul FLOP/s in the dtype, memory copy GB/s) is measured in the same run, so labkit's model FLOP
 utilisation and weight-bandwidth utilisation come from numbers taken minutes apart, not from a datasheet.
 """
@@ -21,11 +22,12 @@ import torch
 
 from ..config import EngineConfig
 from ..openmp import apply_openmp_defaults
-from . import baselines, roofline
+from . import baselines, roofline, vllm_baseline
 from .engine_workload import WORKLOADS
 
 SYSTEMS = ("hf-sequential", "hf-static", "hf-continuous", "labkit")
 PREFIX_SYSTEMS = ("labkit-no-prefix-cache", "labkit")  # --workload shared-prefix: the cache off, then on
+OPTIONAL_SYSTEMS = ("vllm",)  # only when asked for: needs --vllm-python (`make vllm`)
 
 
 def machine() -> dict:
@@ -118,11 +120,13 @@ def _fields(config: EngineConfig) -> str:
 
 def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed: int = 0, dtype: str = "bfloat16",
                  systems: tuple[str, ...] | None = None, config: EngineConfig | None = None, log=print,
-                 workload_name: str = "default") -> dict:
+                 workload_name: str = "default", vllm_python: str | None = None) -> dict:
     from ..models import load_model
 
     config = config or EngineConfig()
     systems = systems or (PREFIX_SYSTEMS if workload_name == "shared-prefix" else SYSTEMS)
+    if "vllm" in systems:
+        vllm_baseline.probe(vllm_python)  # fail in seconds, before the model loads, if vLLM cannot run
     loaded = load_model(model, device="cpu", dtype=dtype, progress=False)
     if workload_name not in WORKLOADS:
         raise ValueError(f"Unknown workload {workload_name!r}; choose from {', '.join(WORKLOADS)}.")
@@ -155,8 +159,10 @@ def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed:
                                                  replace(config, enable_prefix_caching=False))
         elif name == "labkit":
             run, extras[name] = run_labkit(loaded, prompts, lengths, config)
+        elif name == "vllm":
+            run, extras[name] = vllm_baseline.run_vllm(vllm_python, loaded.source, prompts, lengths, dtype)
         else:
-            raise ValueError(f"Unknown system {name!r}; choose from {', '.join(SYSTEMS)}.")
+            raise ValueError(f"Unknown system {name!r}; choose from {', '.join(SYSTEMS + OPTIONAL_SYSTEMS)}.")
         results[name] = {**summarise(run, lengths), **extras.get(name, {})}
         log(f"  {name}: {results[name]['output_tokens_per_s']} tok/s over {results[name]['wall_s']} s")
     log("measuring the roofline ...")
@@ -241,7 +247,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> None:
                           adapt_threads=args.adapt_threads)
     systems = tuple(args.systems.split(",")) if args.systems else None
     report = bench_engine(args.model, args.requests, args.seed, args.dtype, systems, config,
-                          log=lambda line: print(line, file=sys.stderr), workload_name=args.workload)
+                          log=lambda line: print(line, file=sys.stderr), workload_name=args.workload,
+                          vllm_python=args.vllm_python)
     print(format_report(report))
     if args.json:
         with open(args.json, "w") as out:
@@ -262,7 +269,11 @@ def add_engine_bench_command(bench_commands) -> None:
     engine.add_argument("--requests", type=int, default=32, help="number of requests (default 32)")
     engine.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
     engine.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights dtype")
-    engine.add_argument("--systems", default=None, help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    engine.add_argument("--systems", default=None, help=f"comma-separated subset of {','.join(SYSTEMS)}, plus vllm "
+                                                        "(needs --vllm-python)")
+    engine.add_argument("--vllm-python", metavar="PATH", default=None,
+                        help="for --systems ...,vllm: a Python with vLLM's CPU build (`make vllm` makes "
+                             ".venv-vllm/bin/python)")
     engine.add_argument("--max-num-seqs", type=int, default=32, help="labkit: most running requests")
     engine.add_argument("--max-num-batched-tokens", type=int, default=512, help="labkit: per-step token budget")
     engine.add_argument("--no-adapt-threads", dest="adapt_threads", action="store_false",
