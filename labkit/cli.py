@@ -172,6 +172,10 @@ def add_monitor_commands(commands, bench_commands) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
+    from .openmp import restart_tuned
+
+    if args.tune:
+        restart_tuned()  # tcmalloc preloaded: it only works from process start
     from .config import ServerConfig
     from .models import load_model
     from .server import run_server
@@ -200,6 +204,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     engine_options = {"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else {}
     if args.no_prefix_caching:
         engine_options["enable_prefix_caching"] = False
+    if not args.adapt_threads:
+        engine_options["adapt_threads"] = False
     run_server(models, config, engine_options=engine_options)
 
 
@@ -251,6 +257,12 @@ def add_serve_commands(commands, bench_commands) -> None:
                        help="serve an optimized variant of the LLM, e.g. bf16, torch-int8, bnb-4bit (see `labkit "
                             "bench optimize`; ONNX variants run outside the engine and are refused)")
     serve.add_argument("--max-num-seqs", type=positive_int, default=None, help="most requests in the running batch")
+    serve.add_argument("--no-tune", dest="tune", action="store_false",
+                       help="do not restart with tcmalloc preloaded (default: restart once with it when the system "
+                            "has it, as the benchmarks do; see labkit/openmp.py)")
+    serve.add_argument("--no-adapt-threads", dest="adapt_threads", action="store_false",
+                       help="keep every CPU thread even when another process shares the cores (default: the engine "
+                            "halves its threads while it waits for a CPU, see engine/threads.py)")
     serve.add_argument("--no-prefix-caching", action="store_true",
                        help="compute every prompt in full (by default requests sharing a prompt prefix share its "
                             "KV pages, and the shared part is not computed again)")
@@ -493,6 +505,8 @@ def non_negative_float(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is not None and getattr(args, "tune", False):
+        args.tune = False  # a tuned restart replays the process's command line: only when that is what runs here
     try:
         args.run(args)
     except KeyboardInterrupt:

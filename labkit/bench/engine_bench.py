@@ -21,7 +21,7 @@ from importlib import metadata
 import torch
 
 from ..config import EngineConfig
-from ..openmp import apply_openmp_defaults
+from ..openmp import restart_tuned
 from . import baselines, roofline, vllm_baseline
 from .engine_workload import WORKLOADS
 
@@ -223,26 +223,9 @@ def format_report(report: dict) -> str:
     return "\n".join(rows)
 
 
-TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
-                  "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
-
-
-def tuned_environment(environ: dict) -> dict:
-    """The process environment the benchmark runs in, the same for all four systems: labkit's OpenMP
-    defaults (set by `import labkit`: a bounded spin between ops), and tcmalloc preloaded when the system has
-    it (Debian: libtcmalloc-minimal4), a faster allocator for torch on CPU."""
-    env = apply_openmp_defaults(dict(environ))
-    tcmalloc = next((path for path in TCMALLOC_PATHS if os.path.exists(path)), None)
-    if tcmalloc and tcmalloc not in env.get("LD_PRELOAD", ""):
-        env["LD_PRELOAD"] = ":".join(p for p in (tcmalloc, env.get("LD_PRELOAD")) if p)
-    env["LABKIT_BENCH_TUNED"] = "1"
-    return env
-
-
 def cmd_bench_engine(args: argparse.Namespace) -> None:
-    if args.tune and os.environ.get("LABKIT_BENCH_TUNED") != "1":
-        # These settings only work from process start, so start again with them (same arguments).
-        os.execve(sys.executable, [sys.executable, "-m", "labkit.cli", *sys.argv[1:]], tuned_environment(os.environ))
+    if args.tune:  # the same allocator and OpenMP settings for every system (they only work from process start)
+        restart_tuned()
     config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           adapt_threads=args.adapt_threads)
     systems = tuple(args.systems.split(",")) if args.systems else None

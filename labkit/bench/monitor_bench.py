@@ -128,10 +128,10 @@ def format_report(report: dict) -> str:
 
 
 def cmd_bench_monitor(args: argparse.Namespace) -> None:
-    from .engine_bench import tuned_environment
+    from ..openmp import restart_tuned
 
-    if args.tune and os.environ.get("LABKIT_BENCH_TUNED") != "1":
-        os.execve(sys.executable, [sys.executable, "-m", "labkit.cli", *sys.argv[1:]], tuned_environment(os.environ))
+    if args.tune:
+        restart_tuned()
     report = bench_monitor(args.model, args.requests, args.rounds, args.seed, args.dtype,
                            log=lambda line: print(line, file=sys.stderr))
     print(format_report(report))

@@ -67,12 +67,11 @@ def libiomp(prefix: str) -> str | None:
 
 def vllm_environment(environ: dict, prefix: str, kv_cache_gib: int = KV_CACHE_GIB) -> dict:
     """The child's environment: vLLM's documented CPU settings instead of labkit's OpenMP tuning."""
-    from ..openmp import DEFAULTS
-    from .engine_bench import TCMALLOC_PATHS
+    from ..openmp import DEFAULTS, TUNED_MARK, tcmalloc_path
 
-    env = {k: v for k, v in environ.items() if k not in ("LD_PRELOAD", "LABKIT_BENCH_TUNED")
+    env = {k: v for k, v in environ.items() if k not in ("LD_PRELOAD", TUNED_MARK)
            and not (k in DEFAULTS and v == DEFAULTS[k])}
-    preload = [next((p for p in TCMALLOC_PATHS if os.path.exists(p)), None), libiomp(prefix)]
+    preload = [tcmalloc_path(), libiomp(prefix)]
     if any(preload):
         env["LD_PRELOAD"] = ":".join(p for p in preload if p)
     env.update(VLLM_CPU_OMP_THREADS_BIND=cpu_bind(), VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gib),

@@ -36,6 +36,7 @@ import httpx
 
 from ..config import ScaleConfig
 from ..monitor.events import EventBus, ReplicaCount
+from ..openmp import tuned_environment
 from .process import Replica, ReplicaState, default_threads
 
 _ANNOUNCE = re.compile(rb"serving .* on (http://\S+?) \(")
@@ -215,7 +216,8 @@ class ReplicaPool:
     def _spawn(self) -> None:
         name = f"{self.name}-{next(self._numbers)}"
         threads = self.config.threads_per_replica or default_threads(max(self.target, 1))
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+        # Tuned from the start (tcmalloc preloaded, see labkit/openmp.py), so the replica need not restart itself.
+        env = {**tuned_environment(os.environ), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                "LABKIT_REPLICA": name, "PYTHONUNBUFFERED": "1"}
         if self.api_key:
             env["LABKIT_API_KEY"] = self.api_key

@@ -63,8 +63,12 @@ def test_sigterm_lets_the_in_flight_stream_finish_then_exits_0(tiny_model_dirs):
 
 
 def test_api_key_from_the_environment(tiny_model_dirs):
+    from labkit.openmp import tcmalloc_path
+
     process, url = _start(["--model", tiny_model_dirs["gpt2"], "--encoder", "none"], env={"LABKIT_API_KEY": "k1"})
     try:
+        with open(f"/proc/{process.pid}/maps") as maps:  # restarted once, same pid, with the faster allocator
+            assert (tcmalloc_path() or "no tcmalloc here") in maps.read() or not tcmalloc_path()
         assert httpx.get(url + "/v1/models").status_code == 401
         assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k1"}).status_code == 200
     finally:

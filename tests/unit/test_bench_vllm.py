@@ -32,9 +32,9 @@ def test_vllm_environment_replaces_labkits_openmp_tuning(tmp_path):
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "libiomp5.so").touch()
     tuned = {"PATH": "/bin", "GOMP_SPINCOUNT": "10000", "OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "1",
-             "LD_PRELOAD": "/somewhere/libtcmalloc.so", "LABKIT_BENCH_TUNED": "1"}
+             "LD_PRELOAD": "/somewhere/libtcmalloc.so", "LABKIT_TUNED": "1"}
     env = vllm_environment(tuned, str(tmp_path), kv_cache_gib=4)
-    assert not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "LABKIT_BENCH_TUNED"} & set(env)
+    assert not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "LABKIT_TUNED"} & set(env)
     assert env["LD_PRELOAD"].endswith(str(tmp_path / "lib" / "libiomp5.so")) and "/somewhere" not in env["LD_PRELOAD"]
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "4" and env["VLLM_CPU_OMP_THREADS_BIND"] == cpu_bind()
     assert env["PATH"] == "/bin"
