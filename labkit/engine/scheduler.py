@@ -121,8 +121,10 @@ class Scheduler:
         return self._with_tables(out)
 
     def _with_tables(self, out: SchedulerOutput) -> SchedulerOutput:
-        """Tell the runner only what changed: who left, and the pages each scheduled request gained."""
-        out.departed, self._departed = tuple(self._departed), []
+        """Tell the runner only what changed: who left, and the pages each scheduled request gained. An empty
+        plan never reaches the runner, so the departures wait for the next plan that does."""
+        if out.scheduled:
+            out.departed, self._departed = tuple(self._departed), []
         for item in out.scheduled:
             table = self.blocks.tables[item.request_id]
             sent = self._pages_sent.get(item.request_id, 0)

@@ -62,3 +62,20 @@ def test_lean_and_generic_paths_both_match_hf(tiny_model_dirs, arch):
             outs = llm.generate(prompts, params, use_tqdm=False)
             assert sum(o.num_cached_tokens or 0 for o in outs) >= 32, "the shared prefix should hit the cache"
         assert [o.token_ids for o in outs] == expected, (arch, lean)
+
+
+def test_the_runners_input_batch_frees_the_rows_of_requests_aborted_between_steps(tiny_model_dirs):
+    """Aborts land between steps; the step after them may schedule nothing. The runner still hears of them
+    (with the next plan it gets), so its rows never run out."""
+    model, tokenizer = load_fp32(tiny_model_dirs["llama"])
+    with LLM(model, tokenizer, kv_cache_tokens=1024, page_size=16, max_num_seqs=2) as llm:
+        engine = llm.engine
+        for round_ in range(3):  # more requests over time than the input batch has rows
+            ids = [engine.add_request([5, 6, 7 + round_], SamplingParams(max_tokens=8)).request_id for _ in range(2)]
+            engine.step()
+            for request_id in ids:
+                engine.abort(request_id)
+            assert engine.step() == []  # nothing left to schedule
+        [out] = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=4))
+        assert len(out.token_ids) == 4
+        assert len(engine.runner.input_batch.row_of) <= 2

@@ -31,7 +31,7 @@ def run_step(scheduler: Scheduler, token: int = 7, mirror: dict | None = None):
     """Schedule, then pretend the model ran: every request that reached its last token samples `token`.
     `mirror`: the block tables as a runner rebuilds them from the plans' deltas; checked against the truth."""
     plan = scheduler.schedule()
-    if mirror is not None:
+    if mirror is not None and plan:  # as the engine: an empty plan never reaches the runner
         for request_id in plan.departed:
             del mirror[request_id]
         for request_id, pages in plan.new_block_ids.items():
