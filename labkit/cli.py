@@ -194,6 +194,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
             raise ValueError(f"--optimize {args.optimize} cannot be served by the engine; choose one of: "
                              f"{', '.join(servable)}.")
     names = [n for n in (args.model, args.encoder) if n and n.lower() != "none"]
+    import torch
+
+    # This thread loads the models and then runs the event loop; the engine steps in a thread of its own. Kept
+    # at one torch thread, it never forms an OpenMP team, so the process has no more OpenMP threads than
+    # cores and libgomp keeps its full spin between ops (labkit/engine/engine.py, _own_threads).
+    engine_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     models = [load_model(n, device=args.device, dtype=args.dtype, progress=False,
                          optimize=args.optimize if n == args.model else None) for n in names]
     from .optimize import variant_of
@@ -206,6 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         engine_options["enable_prefix_caching"] = False
     if not args.adapt_threads:
         engine_options["adapt_threads"] = False
+    engine_options["cpu_threads"] = engine_threads
     run_server(models, config, engine_options=engine_options)
 
 

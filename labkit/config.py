@@ -43,6 +43,7 @@ class EngineConfig:
     adapt_threads: bool = True  # on CPU: fewer torch threads while another process shares the cores (engine/threads.py)
     step_log_size: int = 1024  # steps kept in `LLM.steps` (a window: about 2 KB a step at batch 32)
     enable_prefix_caching: bool = True  # requests sharing a prompt prefix share its KV pages (vLLM's name)
+    cpu_threads: int | None = None  # on CPU: torch threads the engine steps with; None: the count where it is built
     lean_forward: bool = True  # Llama, Mistral, Qwen2: the engine's own forward (engine/llama_forward.py); False: transformers' modules
 
     def __post_init__(self) -> None:
@@ -52,6 +53,8 @@ class EngineConfig:
         if self.kv_cache_tokens < self.page_size:
             raise ValueError(f"EngineConfig: kv_cache_tokens ({self.kv_cache_tokens}) must hold at least one page "
                              f"of {self.page_size} tokens.")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError("EngineConfig: cpu_threads must be at least 1 (or None).")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError("EngineConfig: max_model_len must leave room for a prompt token and an output token.")
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 from ..config import EngineConfig
 from ..monitor.events import EventBus, QueueDepth, RequestFinished, StepStats
@@ -79,7 +82,9 @@ class LLMEngine:
         self.num_steps = 0
         self._ids = itertools.count()
         on_cpu = self.runner.device.type == "cpu"
-        self.threads = ThreadGovernor() if self.config.adapt_threads and on_cpu else None
+        self.cpu_threads = (self.config.cpu_threads or torch.get_num_threads()) if on_cpu else None
+        self._stepping_thread: int | None = None  # the thread whose torch thread count is set (see step())
+        self.threads = ThreadGovernor(max_threads=self.cpu_threads) if self.config.adapt_threads and on_cpu else None
         self.after_step: list[Callable[[StepResult], None]] = [self._log_step, self._publish_step]
         if self.threads is not None:
             self.after_step.append(lambda r: self.threads.after_step(r.duration_s, r.started + r.duration_s))
@@ -142,11 +147,10 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule → execute → sample → update → outputs: an output for each request that moved."""
         started = time.perf_counter()
+        self._own_threads()
         plan = self.scheduler.schedule()
         if not plan:
-            if self.scheduler.has_unfinished():  # cannot happen while max_model_len fits the cache; never spin
-                raise RuntimeError(f"The scheduler could not run any of {self.num_waiting} waiting requests.")
-            return []
+            return self._nothing_scheduled()
         # A forward pass that raises is the engine's failure, not one request's (prompts were validated on
         # entry): it propagates. What is per request (sampling, text) fails that request alone.
         logits, samplers = self.runner.execute(plan)
@@ -157,6 +161,21 @@ class LLMEngine:
         for hook in self.after_step:
             hook(result)
         return outputs
+
+    def _nothing_scheduled(self) -> list[RequestOutput]:
+        if self.scheduler.has_unfinished():  # cannot happen while max_model_len fits the cache; never spin
+            raise RuntimeError(f"The scheduler could not run any of {self.num_waiting} waiting requests.")
+        return []
+
+    def _own_threads(self) -> None:
+        """torch's thread count is per calling thread: the first step from a new thread (AsyncLLM's) sets it.
+        A server keeps its main thread at one torch thread, so the process never has more OpenMP threads than
+        cores: with more, libgomp spins only ~1,000 rounds between ops instead of GOMP_SPINCOUNT, and every op
+        of a step waits for sleeping threads to wake (labkit serve made 0.55-0.75x the tokens/s it does now)."""
+        if not self.cpu_threads or self._stepping_thread == threading.get_ident():
+            return
+        self._stepping_thread = threading.get_ident()
+        torch.set_num_threads(self.threads.threads if self.threads is not None else self.cpu_threads)
 
     def _sample(self, logits, requests: list[Request]) -> list[int | Exception]:
         """The batch's next tokens; if sampling the batch fails, each row is sampled alone, so a request

@@ -68,9 +68,9 @@ class ThreadGovernor:
     """Told the duration of every engine step; decides once per window of stepping (idle time between steps
     does not count, so a quiet server does not look like a free CPU). `close()` restores the thread count."""
 
-    def __init__(self, policy: GovernorPolicy = GovernorPolicy()):
+    def __init__(self, policy: GovernorPolicy = GovernorPolicy(), max_threads: int | None = None):
         self.policy = policy
-        self.max_threads = torch.get_num_threads()
+        self.max_threads = max_threads or torch.get_num_threads()
         self._waited = cpu_wait_seconds()
         self.enabled = self.max_threads > 1 and self._waited is not None
         self.state = GovernorState(self.max_threads, policy.first_backoff_s, 0.0)

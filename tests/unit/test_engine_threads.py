@@ -78,3 +78,31 @@ def test_the_governor_sets_and_restores_torch_threads(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(original)
+
+
+def test_the_engine_thread_steps_with_the_engines_thread_count_not_its_creators(tiny_model_dirs):
+    """A server's main thread keeps one torch thread (labkit serve); the thread that steps sets its own count."""
+    import asyncio
+
+    from engine_refs import load_fp32
+
+    from labkit.engine import AsyncLLM, SamplingParams
+
+    model, tokenizer = load_fp32(tiny_model_dirs["llama"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = AsyncLLM(model, tokenizer, kv_cache_tokens=256, page_size=16, cpu_threads=2, adapt_threads=False)
+        seen = []
+        engine.engine.after_step.append(lambda result: seen.append(torch.get_num_threads()))
+
+        async def run():
+            async for _ in engine.generate([5, 6, 7], SamplingParams(max_tokens=3)):
+                pass
+
+        asyncio.run(run())
+        engine.stop()
+        assert seen and set(seen) == {2}
+        assert torch.get_num_threads() == 1  # the creating thread is left as it was
+    finally:
+        torch.set_num_threads(before)
