@@ -111,7 +111,7 @@ class PagedAttention:
     def _gather(pool: torch.Tensor, pages: torch.Tensor, rows: int) -> torch.Tensor:
         """The listed pages of `rows` requests, side by side: [rows, kv_heads, pages per row * page_size, d]
         (a strided view of one copy; SDPA reads it as it is)."""
-        _, page_size, kv_heads, head_dim = pool.shape
+        kv_heads, head_dim = pool.shape[2], pool.shape[3]
         return pool.index_select(0, pages).view(rows, -1, kv_heads, head_dim).transpose(1, 2)
 
 

@@ -41,8 +41,3 @@ class InputBatch:
 
     def rows(self, request_ids) -> torch.Tensor:
         return torch.tensor([self.row_of[r] for r in request_ids], dtype=torch.long)
-
-    def pages(self, request_id: str, count: int) -> list[int]:
-        """The first `count` pages of one request (for tests and the step log)."""
-        row = self.row_of[request_id]
-        return self.block_table[row, :min(count, self.num_pages[row])].tolist()

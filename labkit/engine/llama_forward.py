@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .packed_linear import packing_available
+from .packed_linear import pack_weight, packed_matmul, packing_available, packs_identically
 
 FAMILY = ("llama", "mistral", "qwen2")
 
@@ -36,19 +36,16 @@ def unsupported_reason(model) -> str | None:
     if getattr(config, "pretraining_tp", 1) not in (None, 1):
         return "pretraining_tp > 1"
     try:
-        layers = model.model.layers
-        for layer in layers:
-            attention, mlp = layer.self_attn, layer.mlp
-            _ = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, attention.scaling,
-                 mlp.gate_proj, mlp.up_proj, mlp.down_proj, layer.input_layernorm, layer.post_attention_layernorm)
         _ = (model.model.embed_tokens, model.model.norm, model.model.rotary_emb, model.lm_head)
+        for layer in model.model.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            _ = (attention.scaling, layer.input_layernorm, layer.post_attention_layernorm)
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+                               mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                if type(projection) is not nn.Linear:  # quantized or otherwise replaced layers
+                    return f"{type(projection).__name__} projections"
     except AttributeError as missing:
         return f"an unexpected module layout ({missing})"
-    for layer in layers:
-        projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
-                       layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
-        if any(type(p) is not nn.Linear for p in projections):  # quantized or otherwise replaced layers
-            return f"{type(next(p for p in projections if type(p) is not nn.Linear)).__name__} projections"
     return None
 
 
@@ -74,19 +71,15 @@ class Projection:
         else:
             self.bias = None
         if pack and self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu" and packing_available():
-            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch_hint)
-            probe = torch.randn(3, self.weight.shape[1], dtype=self.weight.dtype)
-            if torch.equal(self._packed(probe, packed), F.linear(probe, self.weight, self.bias)):
-                self.packed = packed  # else this oneDNN build rounds differently: keep the plain matmul
-            if self.packed is not None and len(weights) > 1:
-                self.weight = None  # the concatenated copy is not needed beside its packed one
-
-    def _packed(self, x: torch.Tensor, packed) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+            packed = pack_weight(self.weight, batch_hint)
+            if packs_identically(self.weight, packed, self.bias):  # else this oneDNN build rounds differently
+                self.packed = packed
+                if len(weights) > 1:
+                    self.weight = None  # the concatenated copy is not needed beside its packed one
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            return self._packed(x, self.packed)
+            return packed_matmul(x, self.packed, self.bias)
         if self.fused:
             return F.linear(x, self.weight, self.bias)
         return torch.cat([F.linear(x, lin.weight, lin.bias) for lin in self.linears], dim=-1)
@@ -125,9 +118,8 @@ class LlamaForward:
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        half = self.head_dim // 2
         self.split = ((self.num_heads + self.num_kv_heads) * self.head_dim, self.num_kv_heads * self.head_dim)
-        self.half = half
+        self.half = self.head_dim // 2
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """transformers' apply_rotary_pos_emb on [tokens, heads, head_dim] (q and k heads together)."""

@@ -17,12 +17,29 @@ def packing_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
+def pack_weight(weight: torch.Tensor, batch_hint: int) -> torch.Tensor:
+    """`weight` reordered once into oneDNN's blocked layout (an opaque tensor for `packed_matmul`)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
+
+
+def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` for 2-D `x`, with the weight packed by `pack_weight`."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def packs_identically(weight: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """True when the packed matmul gives exactly what `F.linear` gives (a guard run once at attach time)."""
+    x = torch.randn(3, weight.shape[1], dtype=weight.dtype)
+    with torch.inference_mode():
+        return torch.equal(packed_matmul(x, packed, bias), F.linear(x, weight, bias))
+
+
 class _PackedForward:
     """Replaces one `nn.Linear.forward` (as an instance attribute, so removing it restores the original)."""
 
     def __init__(self, linear: nn.Linear, batch_hint: int):
         self.linear = linear
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
+        self.packed = pack_weight(linear.weight, batch_hint)
         self.bias = None if linear.bias is None else linear.bias.detach()
         self.out_features = linear.out_features
 
@@ -30,7 +47,7 @@ class _PackedForward:
         if x.dtype != torch.bfloat16 or torch.is_grad_enabled():  # not the engine's forward: the plain layer
             return F.linear(x, self.linear.weight, self.linear.bias)
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        out = packed_matmul(flat, self.packed, self.bias)
         return out.view(*x.shape[:-1], self.out_features)
 
 
@@ -54,7 +71,5 @@ def unpack_linears(layers: list[nn.Linear]) -> None:
 
 
 def check_identical(layer: nn.Linear) -> bool:
-    """True when the packed layer gives exactly what `F.linear` gives (a guard run once at attach time)."""
-    x = torch.randn(3, layer.in_features, dtype=layer.weight.dtype)
-    with torch.inference_mode():
-        return torch.equal(layer.forward(x), F.linear(x, layer.weight, layer.bias))
+    """True when a layer prepacked by `prepack_linears` gives exactly what `F.linear` gives."""
+    return packs_identically(layer.weight, layer.forward.packed, layer.forward.bias)
