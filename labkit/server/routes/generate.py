@@ -44,11 +44,22 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         raise bad_request(f"{services.llm.name} has no chat template; use /v1/completions.", param="messages")
     if body.max_completion_tokens is not None:
         body = body.model_copy(update={"max_tokens": body.max_completion_tokens})
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-    return await _run(services, engine, messages, body, "messages", chat=True, request=request)
+    return await _run(services, engine, template_messages(body.messages), body, "messages", chat=True, request=request)
+
+
+def template_messages(messages) -> list[dict]:
+    """Chat messages as the chat template reads them (one place, shared by /tokenize and /v1/responses)."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
 
 
 async def _run(services, engine, prompt, body, param: str, *, chat: bool, request: Request):
+    job = await start_generation(services, engine, prompt, body, param, request)
+    return await _respond(job, body, chat=chat, request=request, model=services.llm.name)
+
+
+async def start_generation(services, engine, prompt, body, param: str, request: Request):
+    """Tokenize `prompt` (text, chat messages or ids), check the sampling fields of `body` against the context
+    (400 naming `param` or the field), admit and submit: the running `GenerationJob`."""
     try:
         ids = await engine.encode(prompt)  # in a worker thread; a text too long for any tokenization: refused
     except PromptTooLong as err:
@@ -57,8 +68,7 @@ async def _run(services, engine, prompt, body, param: str, *, chat: bool, reques
         code = "context_length_exceeded" if "context" in str(err) else "invalid_value"
         raise bad_request(str(err), param=param, code=code) from None
     params = sampling_params(body, len(ids), engine.max_model_len)
-    job = services.start_job(request.state.request_id, ids, params)
-    return await _respond(job, body, chat=chat, request=request, model=services.llm.name)
+    return services.start_job(request.state.request_id, ids, params)
 
 
 def _log(request: Request, job, model: str, stream: bool) -> None:
