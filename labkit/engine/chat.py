@@ -13,22 +13,24 @@ import re
 import secrets
 
 
-def chat_token_ids(tokenizer, messages: list[dict]) -> list[int]:
+def chat_token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
     """Token ids of `messages` ({"role", "content"} dicts) under the tokenizer's chat template, followed by
-    the assistant's turn. ValueError if there is no template, or if a message holds a special token's
-    text and the template does not keep message texts verbatim (then it cannot be made safe)."""
+    the assistant's turn (unless `add_generation_prompt` is False, which /tokenize can ask for). ValueError if
+    there is no template, or if a message holds a special token's text and the template does not keep message
+    texts verbatim (then it cannot be made safe)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("This model's tokenizer has no chat template; pass plain text or token ids.")
     texts = [m.get("content") for m in messages]
     specials = special_token_texts(tokenizer)
     if not any(isinstance(t, str) and any(s in t for s in specials) for t in texts):
-        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                 tokenize=False)
         return tokenizer(rendered, add_special_tokens=False)["input_ids"]
     nonce = secrets.token_hex(8)
     marks = {f"LABKITTEXT{i}X{nonce}": text for i, text in enumerate(texts) if isinstance(text, str)}
     stand_ins = iter(marks)
     masked = [{**m, "content": next(stand_ins)} if isinstance(m.get("content"), str) else m for m in messages]
-    rendered = tokenizer.apply_chat_template(masked, add_generation_prompt=True, tokenize=False)
+    rendered = tokenizer.apply_chat_template(masked, add_generation_prompt=add_generation_prompt, tokenize=False)
     pieces = re.split(f"(LABKITTEXT\\d+X{nonce})", rendered)
     if sorted(p for p in pieces if p in marks) != sorted(marks):  # each text exactly once, verbatim
         found = next(s for t in texts if isinstance(t, str) for s in specials if s in t)

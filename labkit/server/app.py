@@ -7,6 +7,7 @@ Run it with `labkit serve`, `labkit.serve(...)` (background, for notebooks) or a
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from importlib import metadata
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,7 +20,7 @@ from .access_log import AccessLog, RequestContextMiddleware
 from .errors import install_error_handlers
 from .hardening import HostGuard, allowed_hosts_for
 from .limits import BodyLimitMiddleware
-from .routes import embeddings, generate, meta
+from .routes import embeddings, generate, meta, responses, tokenize
 from .services import Services
 
 DESCRIPTION = """An OpenAI-compatible server for one causal LM and one encoder, with continuous batching.
@@ -51,7 +52,7 @@ def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(),
             if access_log is not None:
                 access_log.close()
 
-    app = FastAPI(title="labkit", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="labkit", version=metadata.version("labkit"), description=DESCRIPTION, lifespan=lifespan)
     app.state.config = config
     app.state.services = services
     app.state.metrics = metrics
@@ -60,6 +61,8 @@ def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(),
     app.include_router(meta.router)
     app.include_router(generate.router)
     app.include_router(embeddings.router)
+    app.include_router(responses.router)
+    app.include_router(tokenize.router)
     # Middleware wraps outside-in in reverse order of adding: the Host check comes first; request ids and the
     # log see every other response, the 413 included; CORS only when origins were given.
     if config.cors_origins:

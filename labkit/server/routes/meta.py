@@ -1,12 +1,15 @@
-"""GET /health (alive), /ready (can serve), /v1/models, /metrics (Prometheus text)."""
+"""GET /health (alive), /ready (can serve), /v1/models, /v1/models/{id}, /version, /metrics (Prometheus text)."""
 from __future__ import annotations
+
+from importlib import metadata
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ...monitor.metrics import CONTENT_TYPE
+from ..errors import model_not_found
 from ..limits import require_api_key
-from ..schemas import ERROR_RESPONSES, ModelList
+from ..schemas import ERROR_RESPONSES, ModelCard, ModelList
 
 router = APIRouter()
 
@@ -39,3 +42,19 @@ async def metrics(request: Request):
             dependencies=[Depends(require_api_key)], responses={401: ERROR_RESPONSES[401]})
 async def list_models(request: Request):
     return JSONResponse({"object": "list", "data": request.app.state.services.model_cards()})
+
+
+# `:path`: a model named by its local folder ("/models/llama") is still one id.
+@router.get("/v1/models/{model_id:path}", tags=["openai"], summary="One hosted model", response_model=ModelCard,
+            dependencies=[Depends(require_api_key)], responses={s: ERROR_RESPONSES[s] for s in (401, 404)})
+async def retrieve_model(model_id: str, request: Request):
+    services = request.app.state.services
+    card = next((c for c in services.model_cards() if c["id"] == model_id), None)
+    if card is None:
+        raise model_not_found(model_id, services.names())
+    return JSONResponse(card)
+
+
+@router.get("/version", tags=["operations"], summary="labkit's version (from the installed package)")
+async def version():
+    return {"version": metadata.version("labkit")}

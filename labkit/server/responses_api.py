@@ -1,0 +1,158 @@
+"""POST /v1/responses (OpenAI's Responses API), stateless: the request body, what it becomes for the chat
+path, and the response object.
+
+A Responses request is a chat request in other words: `instructions` is a system message ahead of `input`
+(a text, which is one user message, or a list of message items), `max_output_tokens` is `max_tokens`. It
+runs as a `ChatCompletionRequest` through the same start as /v1/chat/completions, so sampling checks and
+errors are the chat route's. Nothing is stored: `store: true` and `previous_response_id` are 400s naming
+the field, and so is every other field this server cannot honour (`UNSUPPORTED`), never silently dropped.
+"""
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .errors import APIError, bad_request
+from .schemas import ChatCompletionRequest, ChatMessage, Count, Temperature, Text, TopP
+
+
+class InputText(BaseModel):
+    """A text part. `output_text` is what an earlier response's message item holds, sent back as history."""
+    type: Literal["input_text", "output_text"]
+    text: Text
+
+
+class InputMessage(BaseModel):
+    """A message item. Other item kinds (function calls and their outputs, references) are refused for now:
+    they arrive with tool calling, as further members of the `input` list's union."""
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "developer", "assistant"]
+    content: Text | list[InputText]
+    id: str | None = None  # an earlier response's item sent back: accepted, not needed
+    status: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ResponsesRequest(BaseModel):
+    model: Text | None = Field(None, description="The served model's id; omitted means that one.")
+    input: Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[InputMessage], Field(min_length=1)] = Field(
+        ..., description="A text (one user message) or a list of message items.")
+    instructions: Text | None = Field(None, description="A system message placed before the input.")
+    max_output_tokens: Count | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    stream: bool = False
+    metadata: dict[str, Text] | None = Field(None, description="Echoed back on the response.")
+    user: Text | None = None
+    # Accepted so that a client may send its defaults; anything beyond them is refused (UNSUPPORTED).
+    store: bool | None = Field(None, description="Only false: the server keeps no responses.")
+    previous_response_id: Text | None = Field(None, description="Not supported: the server keeps no responses.")
+    tools: list[dict[str, Any]] | None = Field(None, description="Not yet supported (must be empty).")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="Only 'auto' or 'none' (there are no tools).")
+    parallel_tool_calls: bool | None = None
+    max_tool_calls: int | None = Field(None, ge=1)
+    text: dict[str, Any] | None = Field(None, description="Only {'format': {'type': 'text'}}.")
+    reasoning: dict[str, Any] | None = Field(None, description="Not supported (no reasoning models).")
+    include: list[str] | None = Field(None, description="Not supported (must be empty).")
+    truncation: Literal["auto", "disabled"] | None = Field(None, description="Only 'disabled'.")
+    background: bool | None = Field(None, description="Only false.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Only 0.")
+
+
+# field -> (is it asked for something this server cannot do?, why). One table, so a feature that lands (tool
+# calls, logprobs, structured outputs) is one row removed and its handling added where the chat path has it.
+UNSUPPORTED = {
+    "store": (lambda b: b.store is True, "the server is stateless and keeps no responses; send store: false"),
+    "previous_response_id": (lambda b: b.previous_response_id is not None,
+                             "the server is stateless; send the earlier messages in 'input' instead"),
+    "tools": (lambda b: bool(b.tools), "tools are not yet supported by /v1/responses"),
+    "tool_choice": (lambda b: b.tool_choice not in (None, "auto", "none"),
+                    "tool_choice needs tools, which are not yet supported"),
+    "text": (lambda b: (b.text or {}).get("format", {"type": "text"}) != {"type": "text"},
+             "only the plain text format is supported"),
+    "reasoning": (lambda b: bool(b.reasoning and any(v is not None for v in b.reasoning.values())),
+                  "reasoning options are not supported"),
+    "include": (lambda b: bool(b.include), "no extra output data can be included"),
+    "truncation": (lambda b: b.truncation == "auto", "only truncation 'disabled' is supported"),
+    "background": (lambda b: bool(b.background), "background responses need stored state"),
+    "top_logprobs": (lambda b: bool(b.top_logprobs), "log-probabilities are not supported by /v1/responses"),
+}
+
+
+def refuse_unsupported(body: ResponsesRequest) -> None:
+    for field, (asked, why) in UNSUPPORTED.items():
+        if asked(body):
+            raise bad_request(f"'{field}' is not supported: {why}.", param=field, code="unsupported")
+
+
+def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
+    """The chat request this Responses request stands for (values already validated with the same types)."""
+    items = [InputMessage(role="user", content=body.input)] if isinstance(body.input, str) else body.input
+    messages = [ChatMessage(role="system", content=body.instructions)] if body.instructions is not None else []
+    messages += [ChatMessage(role=item.role, content=item.text()) for item in items]
+    fields = {"model": body.model, "messages": messages, "max_tokens": body.max_output_tokens,
+              "temperature": body.temperature, "top_p": body.top_p, "user": body.user}
+    return ChatCompletionRequest(**{k: v for k, v in fields.items() if v is not None})
+
+
+# The chat path's names for what the Responses API calls otherwise, for its error messages.
+_PARAMS = {"messages": "input", "prompt": "input", "max_tokens": "max_output_tokens"}
+
+
+def in_responses_terms(err: APIError) -> APIError:
+    """The chat path's error about `max_tokens` or `messages`, naming the Responses field instead."""
+    if err.param in _PARAMS:
+        err.message = err.message.replace(err.param, _PARAMS[err.param])
+        err.param = _PARAMS[err.param]
+    return err
+
+
+class ResponseDraft:
+    """The response object of one request, built as its generation goes (for the plain answer and for the
+    snapshots streamed events carry)."""
+
+    def __init__(self, request_id: str, model: str, body: ResponsesRequest):
+        suffix = request_id.removeprefix("req-")
+        self.id, self.item_id = f"resp_{suffix}", f"msg_{suffix}"
+        self.model, self.body, self.created_at = model, body, int(time.time())
+
+    def message(self, text: str | None, status: str) -> dict:
+        content = [] if text is None else [output_text(text)]
+        return {"id": self.item_id, "type": "message", "role": "assistant", "status": status, "content": content}
+
+    def response(self, status: str, output: list[dict], usage: dict | None = None,
+                 finish_reason: str | None = None) -> dict:
+        b = self.body
+        return {
+            "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
+            "completed_at": int(time.time()) if status in ("completed", "incomplete") else None,
+            "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if finish_reason == "length" else None,
+            "instructions": b.instructions, "max_output_tokens": b.max_output_tokens, "model": self.model,
+            "output": output, "parallel_tool_calls": b.parallel_tool_calls is not False,
+            "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "store": False,
+            "temperature": 1.0 if b.temperature is None else b.temperature, "text": {"format": {"type": "text"}},
+            "tool_choice": b.tool_choice or "auto", "tools": [], "top_p": 1.0 if b.top_p is None else b.top_p,
+            "truncation": "disabled", "usage": usage, "user": b.user, "metadata": b.metadata or {},
+        }
+
+    def finished(self, text: str, finish_reason: str, chat_usage: dict) -> dict:
+        """The final response: `completed`, or `incomplete` when it ran out of max_output_tokens."""
+        status = "incomplete" if finish_reason == "length" else "completed"
+        return self.response(status, [self.message(text, status)], usage(chat_usage), finish_reason)
+
+
+def output_text(text: str) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def usage(chat_usage: dict) -> dict:
+    """The chat path's usage in the Responses API's names."""
+    cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    return {"input_tokens": chat_usage["prompt_tokens"], "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": chat_usage["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": chat_usage["total_tokens"]}
