@@ -72,7 +72,7 @@ class LLMEngine:
         self.runner = ModelRunner(model, self.config)
         self.scheduler = Scheduler(self.config, BlockManager(self.runner.cache.num_pages, self.config.page_size,
                                                              self.config.enable_prefix_caching))
-        self.sampler = Sampler(self.config.seed)
+        self.sampler = Sampler(self.config.seed, tokenizer)
         self.outputs = OutputProcessor(tokenizer)
         self.max_model_len = self._max_model_len(model.config)
         self.vocab_size = model.get_input_embeddings().num_embeddings
@@ -124,6 +124,11 @@ class LLMEngine:
         params = params or SamplingParams()
         if any(t >= self.vocab_size for t in params.stop_token_ids):
             raise ValueError(f"stop_token_ids must lie in [0, {self.vocab_size}) for this model.")
+        if params.logit_bias and max(params.logit_bias) >= self.vocab_size:
+            raise ValueError(f"logit_bias keys must be token ids in [0, {self.vocab_size}) for this model.")
+        if params.n != 1:
+            raise ValueError("An engine request is one completion (n = 1): LLM.generate and the server fan n > 1 "
+                             "out into siblings (SamplingParams.child).")
         request = Request(request_id or f"req-{next(self._ids)}", prompt_token_ids, params,
                           prompt=prompt, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
                           arrival_time=arrival_time)
@@ -154,8 +159,15 @@ class LLMEngine:
         # A forward pass that raises is the engine's failure, not one request's (prompts were validated on
         # entry): it propagates. What is per request (sampling, text) fails that request alone.
         logits, samplers = self.runner.execute(plan)
-        tokens = self._sample(logits, [self.scheduler.requests[s.request_id] for s in samplers])
+        requests = [self.scheduler.requests[s.request_id] for s in samplers]
+        tokens, logprobs = self._sample(logits, requests)
+        if self.runner.prompt_logits:
+            self._record_prompt_logprobs(plan)
         changed = self.scheduler.update(plan, {s.request_id: t for s, t in zip(samplers, tokens)})
+        if logprobs is not None:  # some request asked: each such row gets its entry once its token is in
+            for request, token, entry in zip(requests, tokens, logprobs):
+                if entry is not None and not isinstance(token, Exception):
+                    request.record_logprobs(entry)
         outputs = self.outputs.process(changed, self.scheduler.stop_at_string, self.scheduler.fail)
         result = StepResult(plan, outputs, started, time.perf_counter() - started)
         for hook in self.after_step:
@@ -177,20 +189,42 @@ class LLMEngine:
         self._stepping_thread = threading.get_ident()
         torch.set_num_threads(self.threads.threads if self.threads is not None else self.cpu_threads)
 
-    def _sample(self, logits, requests: list[Request]) -> list[int | Exception]:
-        """The batch's next tokens; if sampling the batch fails, each row is sampled alone, so a request
-        whose own parameters break the sampler gets its exception and the others their tokens."""
+    def _sample(self, logits, requests: list[Request]) -> tuple[list[int | Exception], list | None]:
+        """The batch's next tokens (and log-probabilities, for the rows that ask); if sampling the batch
+        fails, each row is sampled alone, so a request whose own parameters break the sampler gets its
+        exception and the others their tokens."""
         try:
-            return self.sampler(logits, requests)
+            out = self.sampler.sample(logits, requests)
+            return out.token_ids, out.logprobs
         except Exception:
             tokens: list[int | Exception] = []
+            logprobs: list = []
             for row, request in enumerate(requests):
                 try:
-                    tokens.append(self.sampler(logits[row:row + 1], [request])[0])
+                    out = self.sampler.sample(logits[row:row + 1], [request])
+                    tokens.append(out.token_ids[0])
+                    logprobs.append(out.logprobs[0] if out.logprobs else None)
                 except Exception as error:
                     log.warning("request %s failed in the sampler: %r", request.request_id, error)
                     tokens.append(error)
-            return tokens
+                    logprobs.append(None)
+            return tokens, logprobs
+
+    def _record_prompt_logprobs(self, plan: SchedulerOutput) -> None:
+        """Position p's logits give token p + 1's log-probability: recorded for the prompt tokens not yet
+        recorded (a recompute after preemption computes them again; they are not recorded twice)."""
+        for item in plan.scheduled:
+            logits = self.runner.prompt_logits.get(item.request_id)
+            request = self.scheduler.requests.get(item.request_id)
+            if logits is None or request is None:
+                continue
+            done, prompt = len(request.prompt_logprobs), request.prompt_token_ids
+            rows = [p - item.start for p in range(item.start, item.start + item.num_tokens)
+                    if p + 1 < len(prompt) and p + 1 >= done]
+            if rows:
+                targets = [prompt[item.start + row + 1] for row in rows]
+                request.prompt_logprobs.extend(self.sampler.logprobs.positions(
+                    logits[rows], targets, [request.params.prompt_logprobs] * len(rows)))
 
     # ---- after-step hooks ----
     def _log_step(self, result: StepResult) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from ..config import EngineConfig
 from .chat import chat_token_ids
 from .engine import LLMEngine, StepRecord
-from .outputs import RequestOutput
+from .outputs import CompletionOutput, RequestOutput
 from .sampling_params import SamplingParams
 
 PROGRESS_BAR_FROM = 16  # prompts; smaller batches finish too fast for a bar to help
@@ -83,18 +83,22 @@ class LLM:
         for ids in encoded:  # refuse the whole batch before anything runs
             self.engine.validate_prompt(ids)
         arrival = time.perf_counter()
-        order = {}
+        order: dict[str, tuple[int, int]] = {}  # engine request id -> (prompt index, sibling index)
+        later = []  # siblings of n > 1 requests, added once their first sibling's prompt is in the KV cache
         for index, (prompt, ids, p) in enumerate(zip(batch, encoded, params)):
-            request = self.engine.add_request(ids, p, prompt=prompt, arrival_time=arrival)
-            order[request.request_id] = index
-        results: list[RequestOutput | None] = [None] * len(batch)
+            first = self.engine.add_request(ids, p.child(0) if p.n > 1 else p, prompt=prompt, arrival_time=arrival)
+            order[first.request_id] = (index, 0)
+            later.extend((first, index, sibling, prompt, ids, p.child(sibling)) for sibling in range(1, p.n))
+        siblings: list[list[RequestOutput | None]] = [[None] * p.n for p in params]
         bar = self._progress_bar(len(batch), use_tqdm)
         try:
-            while self.engine.has_unfinished_requests():
+            while self.engine.has_unfinished_requests() or later:
+                later = self._add_siblings(later, order, arrival)
                 for output in self.engine.step():
                     if output.finished:
-                        results[order[output.request_id]] = output
-                        if bar is not None:
+                        index, sibling = order[output.request_id]
+                        siblings[index][sibling] = output
+                        if bar is not None and all(siblings[index]):
                             bar.update(1)
         except BaseException:
             for request_id in order:  # leave the engine clean (e.g. after Ctrl-C in a notebook)
@@ -103,7 +107,19 @@ class LLM:
         finally:
             if bar is not None:
                 bar.close()
-        return results
+        return [outputs[0] if len(outputs) == 1 else _with_siblings(outputs) for outputs in siblings]
+
+    def _add_siblings(self, later: list, order: dict, arrival: float) -> list:
+        """Add the siblings whose first sibling has its prompt computed (or has ended): they then find the
+        prompt's pages in the prefix cache and share them instead of computing them again."""
+        waiting = []
+        for first, index, sibling, prompt, ids, p in later:
+            if first.num_computed_tokens >= len(ids) or first.status.is_finished:
+                request = self.engine.add_request(ids, p, prompt=prompt, arrival_time=arrival)
+                order[request.request_id] = (index, sibling)
+            else:
+                waiting.append((first, index, sibling, prompt, ids, p))
+        return waiting
 
     @staticmethod
     def _progress_bar(total: int, use_tqdm: bool | None):
@@ -147,3 +163,10 @@ class LLM:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _with_siblings(outputs: list[RequestOutput]) -> RequestOutput:
+    """One output for an n > 1 request: the first sibling's fields, and every sibling in `outputs`."""
+    completions = [CompletionOutput(i, o.text, o.token_ids, o.cumulative_logprob, o.logprobs, o.finish_reason,
+                                    o.stop_reason) for i, o in enumerate(outputs)]
+    return dataclasses.replace(outputs[0], siblings=completions)

@@ -100,11 +100,16 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, plan: SchedulerOutput) -> tuple[torch.Tensor, list[ScheduledRequest]]:
-        """Run the step. Returns logits [samplers, vocab] and the scheduled requests they belong to."""
+        """Run the step. Returns logits [samplers, vocab] and the scheduled requests they belong to. Requests
+        scheduled with `prompt_logits` also get every computed position's logits, in `self.prompt_logits`
+        (request id -> [tokens computed, vocab]; empty when no request asked)."""
         if self.taken_over:
             raise RuntimeError("Another engine now drives this model object, so this one stopped; use one engine "
                                "per loaded model (close the old one), or load the model again for a second engine.")
         self.input_batch.update(plan)
+        self.prompt_logits: dict[str, torch.Tensor] = {}
+        prompt_rows: dict[str, tuple[int, int]] = {}  # request id -> (first row, rows) among the kept logits
+        sampling_rows: list[int] = []  # the samplers' rows among the kept logits
         decodes = [s for s in plan.scheduled if s.is_decode]
         ordered = decodes + [s for s in plan.scheduled if not s.is_decode]  # the attention expects decodes first
         token_ids: list[int] = []
@@ -121,7 +126,11 @@ class ModelRunner:
             token_rows.extend([row] * item.num_tokens)
             if item.num_tokens > 1:
                 chunks.append(self._prefill_chunk(first, start, end, row))
+            if item.prompt_logits:  # prompt log-probabilities: every position's logits, for this request only
+                prompt_rows[item.request_id] = (len(keep), item.num_tokens)
+                keep.extend(range(first, first + item.num_tokens - item.samples))
             if item.samples:
+                sampling_rows.append(len(keep))
                 keep.append(first + item.num_tokens - 1)
                 samplers.append(item)
         device, page_size = self.device, self.page_size
@@ -137,10 +146,14 @@ class ModelRunner:
         self.attention.batch = batch
         try:
             if self.lean is not None:
-                return self.lean(token_tensor, position_tensor, keep_tensor), samplers
-            out = self.model(input_ids=token_tensor.unsqueeze(0), position_ids=position_tensor.unsqueeze(0),
-                             attention_mask=self.no_mask, use_cache=False, logits_to_keep=keep_tensor)
-            return out.logits[0], samplers
+                logits = self.lean(token_tensor, position_tensor, keep_tensor)
+            else:
+                logits = self.model(input_ids=token_tensor.unsqueeze(0), position_ids=position_tensor.unsqueeze(0),
+                                    attention_mask=self.no_mask, use_cache=False, logits_to_keep=keep_tensor).logits[0]
+            if not prompt_rows:
+                return logits, samplers
+            self.prompt_logits = {rid: logits[first:first + n] for rid, (first, n) in prompt_rows.items()}
+            return logits[sampling_rows], samplers
         finally:
             self.attention.batch = None
 

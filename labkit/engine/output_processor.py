@@ -143,4 +143,7 @@ class OutputProcessor:
             token_ids=list(request.output_token_ids), new_token_ids=new_token_ids, text=shown, finished=finished,
             finish_reason=request.status.finish_reason, stop_reason=request.stop_reason,
             metrics=request.metrics() if finished else None, error=request.error,
-            num_cached_tokens=request.num_cached_tokens)
+            num_cached_tokens=request.num_cached_tokens,
+            logprobs=None if request.logprobs is None else list(request.logprobs),
+            prompt_logprobs=None if request.prompt_logprobs is None else list(request.prompt_logprobs),
+            cumulative_logprob=request.cumulative_logprob)

@@ -28,6 +28,34 @@ class RequestMetrics:
                 "num_output_tokens": self.num_output_tokens, "num_preemptions": self.num_preemptions}
 
 
+@dataclass(frozen=True)
+class Logprob:
+    """One candidate token's log-probability at one position (vLLM's `Logprob`): log_softmax of the model's
+    raw logits (before penalties, bias and temperature, vLLM's default `raw_logprobs`), and its rank there
+    (1 is the likeliest)."""
+
+    logprob: float
+    rank: int
+    decoded_token: str | None = None
+
+
+# One position's candidates: token id -> Logprob, the sampled (or prompt) token first, then the top ones.
+PositionLogprobs = dict[int, Logprob]
+
+
+@dataclass
+class CompletionOutput:
+    """One completion of a request (vLLM's name): a request with n > 1 has n of them."""
+
+    index: int
+    text: str | None
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: list[PositionLogprobs] | None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
 @dataclass
 class RequestOutput:
     """One request's result (finished=True), or a step of it while it streams (new_token_ids, text None)."""
@@ -44,6 +72,18 @@ class RequestOutput:
     metrics: RequestMetrics | None = None  # set once finished
     error: str | None = None  # with finish_reason "error": what failed (this request alone)
     num_cached_tokens: int | None = None  # prompt tokens taken from the prefix cache (vLLM's name); None: never scheduled
+    logprobs: list[PositionLogprobs] | None = None  # per output token, when SamplingParams.logprobs is set
+    prompt_logprobs: list[PositionLogprobs | None] | None = None  # per prompt token (the first is None), if asked
+    cumulative_logprob: float | None = None  # sum of the sampled tokens' log-probabilities, if logprobs were asked
+    siblings: list[CompletionOutput] | None = None  # with n > 1: every completion (the fields above are the first's)
+
+    @property
+    def outputs(self) -> list[CompletionOutput]:
+        """The completions, as vLLM's RequestOutput.outputs: one per sibling (one for n = 1)."""
+        if self.siblings is not None:
+            return self.siblings
+        return [CompletionOutput(0, self.text, self.token_ids, self.cumulative_logprob, self.logprobs,
+                                 self.finish_reason, self.stop_reason)]
 
     def __repr__(self) -> str:
         text = self.text if self.text is None or len(self.text) < 60 else self.text[:57] + "..."

@@ -60,6 +60,13 @@ class Request:
         self.stop_token_ids = frozenset(stops_on_eos) | frozenset(params.stop_token_ids)
         # Ids masked out while fewer than min_tokens exist (EOS even when ignored, like HF's min_new_tokens).
         self.min_tokens_masked_ids = sorted(frozenset(eos_token_ids) | frozenset(params.stop_token_ids))
+        # The sampler's fast path: argmax with nothing to change in the logits and nothing more to compute.
+        self.plain_greedy = params.greedy and not (params.has_penalties or params.logit_bias) \
+            and params.logprobs is None
+        self.logprobs: list | None = [] if params.logprobs is not None else None  # one entry per output token
+        self.cumulative_logprob: float | None = 0.0 if params.logprobs is not None else None
+        # The first prompt token has no log-probability (nothing precedes it): None, as vLLM and OpenAI give.
+        self.prompt_logprobs: list | None = [None] if params.prompt_logprobs is not None else None
         self.generator = None
         if params.seed is not None and not params.greedy:
             self.generator = torch.Generator().manual_seed(params.seed)
@@ -85,6 +92,17 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
+
+    @property
+    def needs_prompt_logits(self) -> bool:
+        """It asked for prompt log-probabilities and some are still to come: the runner keeps every position's
+        logits of its prefill (and the scheduler gives it no prefix-cache hit, as vLLM does)."""
+        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < len(self.prompt_token_ids)
+
+    def record_logprobs(self, entry: dict) -> None:
+        """The sampled token's log-probabilities (its own entry comes first in `entry`)."""
+        self.logprobs.append(entry)
+        self.cumulative_logprob += next(iter(entry.values())).logprob
 
     @property
     def needs_min_tokens_mask(self) -> bool:

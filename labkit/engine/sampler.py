@@ -1,40 +1,101 @@
 """Next tokens from logits, for a whole batch at once.
 
-All-greedy batches (the common case for benchmarks and tests) take one argmax. Otherwise temperature,
-top-k and top-p are applied as tensor operations over the batch, and each row draws its token by inverse
-CDF: one uniform number per row, the first token whose cumulative probability passes it. The uniform comes
-from the request's own generator when it has a seed, so a seeded request gets the same tokens whatever else
-shares its batch. (The exponential race, argmax of p / E with E ~ Exp(1), needs a random number per
-vocabulary entry: 0.8 ms per row for a 49K vocabulary, a third of a batch-32 decode step on this CPU.)
+All-greedy batches with nothing to change in the logits (the common case for benchmarks and tests) take one
+argmax and nothing else. Otherwise, in vLLM's order:
+1. `constrain`: the tokens a request may not emit yet are masked (EOS before min_tokens). This is the one
+   place where a per-request logits processor or a structured-output token bitmask applies, before anything
+   reads the logits to choose.
+2. logit_bias, then the presence/frequency/repetition penalties (logits_processors.py), on the rows that ask;
+3. greedy rows take the argmax of the result; the others divide by their temperature, apply min_p, top-k and
+   top-p as tensor operations, and draw by inverse CDF: one uniform number per row, the first token whose
+   cumulative probability passes it. The uniform comes from the request's own generator when it has a seed,
+   so a seeded request gets the same tokens whatever else shares its batch. (The exponential race, argmax of
+   p / E with E ~ Exp(1), needs a random number per vocabulary entry: 0.8 ms per row for a 49K vocabulary, a
+   third of a batch-32 decode step on this CPU.)
+Log-probabilities (logprobs.py) come from the logits as the model gave them, for the rows that ask only.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from .logits_processors import apply_logit_bias, apply_min_p, apply_penalties
+from .logprobs import LogprobsComputer
+from .outputs import PositionLogprobs
 from .request import Request
 
 
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[PositionLogprobs | None] | None = None  # per row; None when no request in the batch asked
+
+
 class Sampler:
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, tokenizer=None):
         self.generator = torch.Generator().manual_seed(seed)  # for requests without a seed of their own
+        self.logprobs = LogprobsComputer(tokenizer)
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
-        logits = logits.float()  # sampling in float32, like transformers' generate
-        # [server, issue 4] fp32 logits are the runner's inference-mode tensor itself (.float() is a no-op), which
-        # cannot be written in place out here: copy before masking (found by the server's schemathesis fuzzing).
-        if logits.is_inference() and any(request.needs_min_tokens_mask for request in requests):
-            logits = logits.clone()
+        return self.sample(logits, requests).token_ids
+
+    def sample(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
+        if all(request.plain_greedy and not request.needs_min_tokens_mask for request in requests):
+            return SamplerOutput(logits.argmax(dim=-1).tolist())
+        raw = logits
+        # A copy in float32 (like transformers' generate): the runner's logits stay as the model gave them,
+        # for log-probabilities (and a runner's inference-mode tensor cannot be written out here anyway).
+        logits = logits.float().clone()
+        self.constrain(logits, requests)
+        logits = self._bias_and_penalize(logits, requests)
+        tokens = logits.argmax(dim=-1).tolist()
+        sampled_rows = [row for row, request in enumerate(requests) if not request.params.greedy]
+        if sampled_rows:
+            for row, token in zip(sampled_rows, self._draw(logits, requests, sampled_rows)):
+                if token is not None:
+                    tokens[row] = token
+        asking = [row for row, request in enumerate(requests) if request.params.logprobs is not None]
+        if not asking:
+            return SamplerOutput(tokens)
+        entries: list[PositionLogprobs | None] = [None] * len(requests)
+        computed = self.logprobs.positions(raw[asking], [tokens[row] for row in asking],
+                                           [requests[row].params.logprobs for row in asking])
+        for row, entry in zip(asking, computed):
+            entries[row] = entry
+        return SamplerOutput(tokens, entries)
+
+    def constrain(self, logits: torch.Tensor, requests: list[Request]) -> None:
+        """Mask, in place, the tokens each request may not emit now. Structured outputs hook in here: a
+        grammar's token bitmask for the batch is applied at this point, before bias, penalties and choice."""
         for row, request in enumerate(requests):
             if request.needs_min_tokens_mask:
                 logits[row, request.min_tokens_masked_ids] = float("-inf")
-        if all(request.params.greedy for request in requests):
-            return logits.argmax(dim=-1).tolist()
-        greedy = logits.argmax(dim=-1).tolist()
-        sampled_rows = [row for row, request in enumerate(requests) if not request.params.greedy]
+
+    @staticmethod
+    def _bias_and_penalize(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        biased = [row for row, request in enumerate(requests) if request.params.logit_bias]
+        if biased:
+            logits[biased] = apply_logit_bias(logits[biased], [requests[row].params.logit_bias for row in biased])
+        penalized = [row for row, request in enumerate(requests) if request.params.has_penalties]
+        if penalized:
+            params = [requests[row].params for row in penalized]
+            logits[penalized] = apply_penalties(
+                logits[penalized], [requests[row].prompt_token_ids for row in penalized],
+                [requests[row].output_token_ids for row in penalized],
+                presence=torch.tensor([p.presence_penalty for p in params]),
+                frequency=torch.tensor([p.frequency_penalty for p in params]),
+                repetition=torch.tensor([p.repetition_penalty for p in params]))
+        return logits
+
+    def _draw(self, logits: torch.Tensor, requests: list[Request], sampled_rows: list[int]) -> list[int | None]:
         params = [requests[row].params for row in sampled_rows]
         chosen = logits[sampled_rows]
         temperatures = torch.tensor([p.temperature for p in params], device=logits.device)
         chosen.div_(temperatures.unsqueeze(1))
+        min_p = torch.tensor([p.min_p for p in params], device=logits.device)
+        if bool((min_p > 0).any()):
+            chosen = apply_min_p(chosen, min_p)
         vocab = logits.shape[-1]  # a top_k past the vocabulary keeps all of it
         top_k = torch.tensor([min(p.top_k, vocab) for p in params], device=logits.device)
         if bool((top_k > 0).any()):
@@ -53,10 +114,7 @@ class Sampler:
         # A row with no probability left (every logit -inf or NaN) keeps its argmax, never an id past the
         # vocabulary.
         usable = torch.isfinite(totals) & (totals > 0)
-        for row, token, ok in zip(sampled_rows, tokens.tolist(), usable.tolist()):
-            if ok:
-                greedy[row] = token
-        return greedy
+        return [token if ok else None for token, ok in zip(tokens.tolist(), usable.tolist())]
 
 
 def _apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:

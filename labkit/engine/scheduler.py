@@ -37,6 +37,7 @@ class ScheduledRequest:
     token_ids: tuple[int, ...]  # the tokens to compute this step
     samples: bool  # this step reaches the request's last known token: its logits give the next one
     num_cached_tokens: int = 0  # on entry to the batch: tokens taken from the prefix cache instead
+    prompt_logits: bool = False  # the runner returns every computed position's logits (prompt log-probabilities)
 
     @property
     def num_tokens(self) -> int:
@@ -102,7 +103,8 @@ class Scheduler:
         now = time.perf_counter()
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
-            hits = self.blocks.match(request.token_ids)
+            # Prompt log-probabilities need the prompt's logits: computed, never taken from the cache (vLLM too).
+            hits = [] if request.needs_prompt_logits else self.blocks.match(request.token_ids)
             cached = len(hits) * self.blocks.page_size
             num_tokens = min(request.num_tokens - cached, budget)
             if not self.blocks.allocate(request.request_id, hits, cached + num_tokens):
@@ -229,4 +231,5 @@ class Scheduler:
 def _scheduled(request: Request, num_tokens: int, num_cached_tokens: int = 0) -> ScheduledRequest:
     start = request.num_computed_tokens
     return ScheduledRequest(request.request_id, start, tuple(request.token_ids[start:start + num_tokens]),
-                            start + num_tokens == request.num_tokens, num_cached_tokens)
+                            start + num_tokens == request.num_tokens, num_cached_tokens,
+                            request.needs_prompt_logits)

@@ -219,10 +219,10 @@ class _SamplerFailingOn:
     def __init__(self, sampler, seed: int):
         self.sampler, self.seed = sampler, seed
 
-    def __call__(self, logits, requests):
+    def sample(self, logits, requests):
         if any(r.params.seed == self.seed for r in requests):
             raise OverflowError("a value this request brought does not fit")
-        return self.sampler(logits, requests)
+        return self.sampler.sample(logits, requests)
 
 
 def test_a_request_that_breaks_the_sampler_fails_alone_and_the_batch_goes_on(llm, tiny):
