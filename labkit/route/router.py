@@ -2,9 +2,11 @@
 
     router = Router(pool, RouterConfig(policy="prefix_affinity"))        # or Router({"model-a": pool_a, ...})
 
-It is a plain ASGI app (no framework between the socket and the forward, so it adds little latency). For
-each request it reads the body once, picks the pool by the `model` field, asks the policy for a replica
-among the healthy ones that are not full, and passes the response through byte for byte. A replica that
+It is a plain ASGI app (no framework between the socket and the forward, so it adds little latency). It
+forwards the API (completions, chat, embeddings, responses, tokenize, detokenize, GET /v1/models/{id} and
+/version) and answers /v1/models, /health, /ready and /metrics itself. For each request it reads the body
+once, picks the pool by the `model` field (or the id in the path), asks the policy for a replica among the
+healthy ones that are not full, and passes the response through byte for byte. A replica that
 fails before its first byte (connection refused or dropped, or a 429/503 of its own) costs one retry on
 another replica; one that fails mid-stream ends the stream with an error event and `[DONE]`. A client that
 hangs up cancels the upstream request, so the replica frees its KV memory. Nothing queues in the router:
@@ -38,7 +40,10 @@ from .policies import make_policy
 
 log = logging.getLogger("labkit.route")
 
-FORWARDED = ("POST", {"/v1/completions", "/v1/chat/completions", "/v1/embeddings"})
+FORWARDED = ("POST", {"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/tokenize",
+                      "/detokenize"})
+KEYED = ("/tokenize", "/detokenize")  # outside /v1/ but the replica's tokenizer: the API key guards them too
+MODEL_PATH = "/v1/models/"  # GET /v1/models/{id}: routed by the id in the path, as POSTs are by their `model`
 REQUEST_HEADERS = {b"content-type", b"authorization", b"x-request-id", b"accept"}
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "date", "server"}
 RETRYABLE_STATUS = {429, 503}
@@ -151,7 +156,7 @@ class Router:
 
     async def _handle(self, scope, receive, exchange: Exchange):
         method, path, send = scope["method"], scope["path"], exchange.send
-        if path == "/v1" or path.startswith("/v1/"):
+        if path == "/v1" or path.startswith("/v1/") or path in KEYED:
             if self._key_bytes is not None and not self._authorized(scope["headers"]):
                 return await self._reject(send, APIError(
                     401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key",
@@ -165,6 +170,10 @@ class Router:
                 auth = [(k, v) for k, v in scope["headers"] if k == b"authorization"]
                 cards = [card for name in self.pools for card in await self._cards(name, auth)]
                 return await _respond(send, 200, json.dumps({"object": "list", "data": cards}).encode())
+            if method == "GET" and path.startswith(MODEL_PATH) and len(path) > len(MODEL_PATH):
+                return await self._forward(scope, receive, exchange, model=path[len(MODEL_PATH):])
+        elif method == "GET" and path == "/version":  # the replicas' labkit, which serves the API
+            return await self._forward(scope, receive, exchange)
         elif method == "GET" and path == "/health":
             return await _respond(send, 200, b'{"status":"ok"}')
         elif method == "GET" and path == "/ready":
@@ -201,7 +210,8 @@ class Router:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
 
     # -- forwarding ------------------------------------------------------------------------------------
-    async def _forward(self, scope, receive, exchange: Exchange):
+    async def _forward(self, scope, receive, exchange: Exchange, model: str | None = None):
+        """Forward to a replica of the pool that serves `model` (the body's `model` field unless given)."""
         send, limit = exchange.send, self.config.max_body_bytes
         try:
             read = await read_body_within(receive, self.config.body_timeout_s, limit)
@@ -225,7 +235,7 @@ class Router:
             what = "nested too deeply" if isinstance(err, RecursionError) else "not a JSON object"
             return await self._reject(send, APIError(400, f"The body is {what}.", code="invalid_json"))
         auth = [(k, v) for k, v in scope["headers"] if k == b"authorization"]
-        model = fields.get("model")
+        model = fields.get("model") if model is None else model
         if model is not None and not isinstance(model, str) and len(self.pools) > 1:
             return await self._reject(send, APIError(400, "Invalid value for 'model': a string is needed.",
                                                      code="invalid_type", param="model"))
@@ -235,7 +245,7 @@ class Router:
             return await self._reject(send, APIError(
                 404, f"The model '{model}' is not served here; models: {', '.join(known)}.", code="model_not_found",
                 param="model"))
-        if model == pool_name and pool_name not in self._model_ids.get(pool_name, ()):
+        if model == pool_name and "model" in fields and pool_name not in self._model_ids.get(pool_name, ()):
             del fields["model"]  # the pool's own name: each replica serves it as its default model
             body = json.dumps(fields).encode()  # nested no deeper than what was just parsed
         forward = [(k, v) for k, v in scope["headers"] if k in REQUEST_HEADERS]
@@ -246,7 +256,7 @@ class Router:
                 pass
 
         watcher = asyncio.create_task(watch())  # a client gone is noticed at once, even while waiting
-        pump = asyncio.create_task(self._dispatch(scope["path"], body, fields, forward, session,
+        pump = asyncio.create_task(self._dispatch(scope["method"], scope["path"], body, fields, forward, session,
                                                   self.pools[pool_name], exchange))
         try:
             await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -281,7 +291,7 @@ class Router:
             return None, 429
         return self.policy.choose(free, self.load, key if self.policy.name == "prefix_affinity" else None), 200
 
-    async def _dispatch(self, path, body, fields, forward, session, pool, exchange: Exchange):
+    async def _dispatch(self, method, path, body, fields, forward, session, pool, exchange: Exchange):
         send = exchange.send
         key = self._key(fields, session) if self.policy.name == "prefix_affinity" else None
         tried, status, last_error = [], 503, None
@@ -295,7 +305,7 @@ class Router:
             self.load[replica.name] = self.load.get(replica.name, 0) + 1
             started = time.monotonic()
             try:
-                request = self.client.build_request("POST", replica.url + path, content=body, headers=forward)
+                request = self.client.build_request(method, replica.url + path, content=body, headers=forward)
                 try:
                     upstream = await self.client.send(request, stream=True)
                 except httpx.TimeoutException as err:

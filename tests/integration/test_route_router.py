@@ -1,13 +1,16 @@
-"""The router in front of real labkit servers (in-process, tiny random models): forwarding, streaming
-passthrough, routing by model name, retries, 429/503 instead of hanging, cancellation, metrics."""
+"""The router in front of real labkit servers (in-process, tiny random models): forwarding (every endpoint of
+the API), streaming passthrough, routing by model name, retries, 429/503 instead of hanging, cancellation,
+metrics."""
 from __future__ import annotations
 
 import asyncio
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 
 import httpx
+import openai
 import pytest
 from loopback import background_asgi, metric, read_body
 
@@ -241,3 +244,24 @@ def test_api_keys_pass_through_to_replicas_that_ask_for_one(tiny_model_dirs, cli
             assert [m["id"] for m in models["data"]] == [tiny_model_dirs["gpt2"]]
     finally:
         keyed.stop()
+
+
+def test_responses_tokenize_model_and_version_are_forwarded(servers, client, tiny_model_dirs):
+    llama, qwen = tiny_model_dirs["llama"], tiny_model_dirs["qwen2"]
+    pools = {"llama": StaticPool([servers[0].url], name="llama"), "qwen": StaticPool([servers[2].url], name="qwen")}
+    with route(pools) as router:
+        card = client.get(router.url + "/v1/models/" + qwen)  # routed by the id in the path (a folder: slashes)
+        assert card.json()["id"] == qwen and card.headers["x-labkit-replica"].startswith("qwen-")
+        assert client.get(router.url + "/v1/models/gpt-9").json()["error"]["code"] == "model_not_found"
+        tokens = client.post(router.url + "/tokenize", json={"model": qwen, "prompt": "hello world"})
+        assert tokens.json() == client.post(servers[2].url + "/tokenize", json={"prompt": "hello world"}).json()
+        back = client.post(router.url + "/detokenize", json={"model": qwen, "tokens": tokens.json()["tokens"]})
+        assert back.json() == {"prompt": "hello world"}
+        assert client.get(router.url + "/version").json() == {"version": metadata.version("labkit")}
+        sdk = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
+        kwargs = dict(model=llama, input="hi", max_output_tokens=6, temperature=0)
+        direct = openai.OpenAI(base_url=servers[0].url + "/v1", api_key="unused").responses.create(**kwargs)
+        assert sdk.responses.create(**kwargs).output_text == direct.output_text
+        events = list(sdk.responses.create(stream=True, **kwargs))
+        assert events[0].type == "response.created" and events[-1].type in ("response.completed", "response.incomplete")
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == direct.output_text
