@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from .errors import APIError, bad_request
 from .schemas import ChatCompletionRequest, ChatMessage, Count, Temperature, Text, TopP
@@ -96,7 +96,13 @@ def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
     messages += [ChatMessage(role=item.role, content=item.text()) for item in items]
     fields = {"model": body.model, "messages": messages, "max_tokens": body.max_output_tokens,
               "temperature": body.temperature, "top_p": body.top_p, "user": body.user}
-    return ChatCompletionRequest(**{k: v for k, v in fields.items() if v is not None})
+    try:
+        return ChatCompletionRequest(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as err:  # a check of the chat path's that the Responses fields do not make: still a 400
+        first = err.errors()[0]
+        field = str(first["loc"][0]) if first.get("loc") else None
+        param = _PARAMS.get(field, field)
+        raise bad_request(f"Invalid value for '{param}': {first['msg']}.", param=param) from None
 
 
 # The chat path's names for what the Responses API calls otherwise, for its error messages.
@@ -135,8 +141,9 @@ class ResponseDraft:
             "instructions": b.instructions, "max_output_tokens": b.max_output_tokens, "model": self.model,
             "output": output, "parallel_tool_calls": b.parallel_tool_calls is not False,
             "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "store": False,
-            "temperature": 1.0 if b.temperature is None else b.temperature, "text": {"format": {"type": "text"}},
-            "tool_choice": b.tool_choice or "auto", "tools": [], "top_p": 1.0 if b.top_p is None else b.top_p,
+            # as sent: left out, the model's generation config chooses (the chat path's rule), not 1.0
+            "temperature": b.temperature, "text": {"format": {"type": "text"}},
+            "tool_choice": b.tool_choice or "auto", "tools": [], "top_p": b.top_p,
             "truncation": "disabled", "usage": usage, "user": b.user, "metadata": b.metadata or {},
         }
 

@@ -1,8 +1,8 @@
 """POST /tokenize and /detokenize bodies, in vLLM's shapes, and the tokenizer calls behind them.
 
-    {"model", "prompt", "add_special_tokens"}                       -> {"count", "max_model_len", "tokens", "token_strs"}
-    {"model", "messages", "add_generation_prompt"}                  -> the same, through the chat template
-    {"model", "tokens"}                                             -> {"prompt"}
+    {"model", "prompt", "add_special_tokens"}      -> {"count", "max_model_len", "tokens", "token_strs"}
+    {"model", "messages", "add_generation_prompt"} -> the same, through the chat template
+    {"model", "tokens"}                            -> {"prompt"}
 
 The token ids are exactly those the engine runs: a text prompt is tokenized as /v1/completions tokenizes it,
 chat messages as /v1/chat/completions does (the same chat helper, so a message's text never becomes a

@@ -42,7 +42,8 @@ def test_response_equals_the_chat_reply_to_the_same_messages(client):
 
 def test_message_items_and_max_output_tokens(client):
     items = [{"role": "developer", "content": "You are a helpful assistant."},
-             {"role": "user", "content": [{"type": "input_text", "text": "List the numbers from one to twenty, separated by commas."}]}]
+             {"role": "user", "content": [{"type": "input_text",
+                                           "text": "List the numbers from one to twenty, separated by commas."}]}]
     response = client.responses.create(model=MODEL, input=items, max_output_tokens=5, temperature=0)
     assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
     assert response.usage.output_tokens == 5 and response.output_text
