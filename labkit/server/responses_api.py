@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .errors import APIError, bad_request
 from .schemas import ChatCompletionRequest, ChatMessage, Count, Temperature, Text, TopP
@@ -61,6 +61,22 @@ class ResponsesRequest(BaseModel):
     truncation: Literal["auto", "disabled"] | None = Field(None, description="Only 'disabled'.")
     background: bool | None = Field(None, description="Only false.")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="Only 0.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _only_text_messages(cls, items):
+        """Name what is not supported yet, rather than a union's type errors: items other than messages
+        (function calls and their outputs arrive with tool calling) and parts other than text."""
+        for item in items if isinstance(items, list) else ():
+            if not isinstance(item, dict):
+                continue
+            if item.get("type", "message") != "message":
+                raise ValueError(f"input items of type {item['type']!r} are not supported yet (only messages)")
+            for part in item.get("content") if isinstance(item.get("content"), list) else ():
+                if isinstance(part, dict) and part.get("type") not in ("input_text", "output_text"):
+                    raise ValueError(f"content parts of type {part.get('type')!r} are not supported (only "
+                                     f"input_text and output_text)")
+        return items
 
 
 # field -> (is it asked for something this server cannot do?, why). One table, so a feature that lands (tool

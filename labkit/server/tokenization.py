@@ -20,23 +20,19 @@ from .errors import bad_request
 from .schemas import ChatMessage, Text
 
 
-class TokenizeCompletionRequest(BaseModel):
+class TokenizeRequest(BaseModel):
+    """vLLM's TokenizeCompletionRequest (`prompt`) and TokenizeChatRequest (`messages`) as one body, so a
+    missing or wrong field is named as the client wrote it; exactly one of the two is given."""
     model: Text | None = None
-    prompt: Annotated[Text, Field(max_length=1_000_000)]
-    add_special_tokens: bool = Field(True, description="Add the tokenizer's special tokens (BOS), as the "
-                                                       "completions endpoint does.")
-    return_token_strs: bool = Field(False, description="Also return each token's string.")
-
-
-class TokenizeChatRequest(BaseModel):
-    model: Text | None = None
-    messages: list[ChatMessage] = Field(..., min_length=1)
-    add_generation_prompt: bool = Field(True, description="End with the assistant turn's opening, as the chat "
-                                                          "endpoint does.")
+    prompt: Annotated[Text, Field(max_length=1_000_000)] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    add_special_tokens: bool | None = Field(None, description="Add the tokenizer's special tokens (BOS) to a "
+                                                              "prompt: default true, as /v1/completions does. "
+                                                              "For messages only false (the template places them).")
+    add_generation_prompt: bool = Field(True, description="Messages end with the assistant turn's opening, as "
+                                                          "/v1/chat/completions does.")
     continue_final_message: bool = Field(False, description="Not supported (must be false).")
-    add_special_tokens: bool = Field(False, description="Not supported for chat (must be false): the chat "
-                                                        "template places the special tokens itself.")
-    return_token_strs: bool = False
+    return_token_strs: bool = Field(False, description="Also return each token's string.")
 
 
 class TokenizeResponse(BaseModel):
@@ -55,12 +51,17 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
-async def tokenize(tokenizer, body: TokenizeCompletionRequest | TokenizeChatRequest, template_messages) -> list[int]:
+async def tokenize(tokenizer, body: TokenizeRequest, template_messages) -> list[int]:
     """The token ids of a tokenize body (in a worker thread: a long text must not hold the event loop).
     `template_messages` turns chat messages into what the template reads (the chat route's own helper)."""
-    if isinstance(body, TokenizeCompletionRequest):
-        return await asyncio.to_thread(
-            lambda: tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])
+    if (body.prompt is None) == (body.messages is None):
+        raise bad_request("Send either 'prompt' (a text) or 'messages' (a chat), not both nor neither.",
+                          param="prompt" if body.prompt is None else "messages", code="missing")
+    if body.prompt is not None:
+        special = body.add_special_tokens is not False
+        return await asyncio.to_thread(lambda: tokenizer(body.prompt, add_special_tokens=special)["input_ids"])
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise bad_request("This model has no chat template; tokenize a prompt instead.", param="messages")
     for field in ("continue_final_message", "add_special_tokens"):
         if getattr(body, field):
             raise bad_request(f"{field} is not supported for chat messages; leave it false.", param=field,

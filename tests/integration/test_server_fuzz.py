@@ -14,7 +14,9 @@ import labkit
 
 pytestmark = pytest.mark.integration
 OPERATIONS = [("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings"),
-              ("GET", "/v1/models"), ("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics")]
+              ("POST", "/v1/responses"), ("POST", "/tokenize"), ("POST", "/detokenize"),
+              ("GET", "/v1/models"), ("GET", "/v1/models/{model_id}"), ("GET", "/version"), ("GET", "/health"),
+              ("GET", "/ready"), ("GET", "/metrics")]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 

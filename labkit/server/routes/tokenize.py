@@ -8,11 +8,11 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from ..errors import bad_request, model_not_found
+from ..errors import model_not_found
 from ..limits import require_api_key
 from ..schemas import ERROR_RESPONSES
-from ..tokenization import (DetokenizeRequest, DetokenizeResponse, TokenizeChatRequest, TokenizeCompletionRequest,
-                            TokenizeResponse, detokenize, tokenize, tokenize_response)
+from ..tokenization import (DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse, detokenize,
+                            tokenize, tokenize_response)
 from .generate import template_messages
 
 router = APIRouter(tags=["vllm"], dependencies=[Depends(require_api_key)])
@@ -30,10 +30,8 @@ def _tokenizer_for(services, name: str | None) -> tuple[object, int]:
 
 @router.post("/tokenize", response_model=TokenizeResponse, summary="Token ids of a prompt or of chat messages",
              responses=_ERRORS)
-async def tokenize_route(body: TokenizeCompletionRequest | TokenizeChatRequest, request: Request):
+async def tokenize_route(body: TokenizeRequest, request: Request):
     tokenizer, max_model_len = _tokenizer_for(request.app.state.services, body.model)
-    if isinstance(body, TokenizeChatRequest) and getattr(tokenizer, "chat_template", None) is None:
-        raise bad_request("This model has no chat template; tokenize a prompt instead.", param="messages")
     ids = await tokenize(tokenizer, body, template_messages)
     return JSONResponse(tokenize_response(tokenizer, ids, max_model_len, body.return_token_strs))
 
