@@ -11,10 +11,33 @@ from ..engine import SamplingParams
 from .errors import APIError, bad_request, timed_out
 
 DEFAULT_MAX_TOKENS = 256  # when a request names none, as far as the context allows
+# generation_config.json's names -> SamplingParams'; vLLM takes the same ones as defaults for fields left out.
+GENERATION_CONFIG_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                            "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
 
 
-def sampling_params(body, prompt_tokens: int, max_model_len: int) -> SamplingParams:
-    """The engine's parameters for a completions or chat body, or a 400 naming the field that cannot fit."""
+def generation_defaults(model) -> dict:
+    """The sampling defaults the model's generation_config.json sets (only what it sets: transformers' own
+    defaults, such as top_k 50, are not the model's choice), under SamplingParams' names."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return {}
+    chosen = config.to_diff_dict()
+    return {ours: chosen[theirs] for theirs, ours in GENERATION_CONFIG_FIELDS.items()
+            if chosen.get(theirs) is not None}
+
+
+def sampling_params(body, prompt_tokens: int, max_model_len: int, defaults: dict | None = None,
+                    vocab_size: int | None = None) -> SamplingParams:
+    """The engine's parameters for a completions or chat body, or a 400 naming the field that cannot fit or
+    cannot be honoured. A sampling field left out takes `defaults` (the model's generation config)."""
+    defaults = defaults or {}
+    bias = _logit_bias(body.logit_bias)
+    if vocab_size is not None:
+        for name, ids in (("logit_bias", list(bias or ())), ("stop_token_ids", body.stop_token_ids or [])):
+            if any(t >= vocab_size for t in ids):
+                raise bad_request(f"{name} names a token id past this model's vocabulary (ids lie in "
+                                  f"[0, {vocab_size})).", param=name)
     room = max_model_len - prompt_tokens
     if room < 1:
         raise bad_request(f"The prompt has {prompt_tokens} tokens; this model's context is {max_model_len} tokens, "
@@ -24,15 +47,51 @@ def sampling_params(body, prompt_tokens: int, max_model_len: int) -> SamplingPar
         raise bad_request(f"max_tokens is {body.max_tokens} but the {prompt_tokens}-token prompt leaves {room} of "
                           f"this model's {max_model_len}-token context.", param="max_tokens",
                           code="context_length_exceeded")
-    if body.presence_penalty or body.frequency_penalty:
-        raise bad_request("presence_penalty and frequency_penalty are not supported (leave them at 0).",
-                          param="presence_penalty" if body.presence_penalty else "frequency_penalty",
-                          code="unsupported")
-    max_tokens = body.max_tokens or min(DEFAULT_MAX_TOKENS, room)
+    _refuse_what_cannot_be_honoured(body)
+    max_tokens = body.max_tokens or min(defaults.get("max_tokens") or DEFAULT_MAX_TOKENS, room)
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    return SamplingParams(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k or 0,
-                          max_tokens=max_tokens, min_tokens=min(body.min_tokens, max_tokens), stop=tuple(stops),
-                          ignore_eos=body.ignore_eos, seed=body.seed)
+    chosen = {name: getattr(body, name) if getattr(body, name) is not None else defaults.get(name)
+              for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
+    try:
+        return SamplingParams(
+            **{name: value for name, value in chosen.items() if value is not None},
+            max_tokens=max_tokens, min_tokens=min(body.min_tokens, max_tokens), stop=tuple(stops),
+            stop_token_ids=tuple(body.stop_token_ids or ()), ignore_eos=body.ignore_eos, seed=body.seed,
+            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+            logit_bias=bias, n=body.n, skip_special_tokens=body.skip_special_tokens,
+            logprobs=_logprobs(body), prompt_logprobs=body.logprobs if getattr(body, "echo", False) else None)
+    except ValueError as err:  # a default from generation_config.json the engine refuses
+        raise bad_request(f"Sampling parameters refused: {err}", param=None) from None
+
+
+def _logprobs(body) -> int | None:
+    if hasattr(body, "top_logprobs"):  # chat: a flag, and how many alternatives
+        if body.top_logprobs is not None and not body.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true.", param="top_logprobs")
+        return (body.top_logprobs or 0) if body.logprobs else None
+    return body.logprobs
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    if not bias:
+        return None
+    try:
+        ids = {int(token): value for token, value in bias.items()}
+    except ValueError:  # not an integer (or one of thousands of digits)
+        ids = {-1: 0.0}
+    if min(ids) < 0:
+        raise bad_request("logit_bias keys must be token ids (integers written as strings).", param="logit_bias")
+    return ids
+
+
+def _refuse_what_cannot_be_honoured(body) -> None:
+    if getattr(body, "suffix", None):
+        raise bad_request("suffix is not supported: this server does not fill in the middle.", param="suffix",
+                          code="unsupported")
+    best_of = getattr(body, "best_of", None)
+    if best_of is not None and best_of != body.n:
+        raise bad_request(f"best_of must equal n ({body.n}) or be left out: this server returns every choice it "
+                          f"generates and does not rank them.", param="best_of", code="unsupported")
 
 
 class GenerationJob:
@@ -53,6 +112,12 @@ class GenerationJob:
         self.timeout_s = services.config.request_timeout_s
         self.deadline = asyncio.get_running_loop().time() + self.timeout_s
         self._shown = ""  # text handed to the client so far
+        self.prompt_ids = prompt_ids
+        self.logprobs: list | None = None  # per output token so far, when the request asked (RequestOutput's)
+        self.prompt_logprobs: list | None = None  # per prompt token, with echo + logprobs
+        # Set once the engine has the prompt in its KV cache (its first output) or the job ended: n > 1 siblings
+        # start then, so they find the prompt's pages in the prefix cache.
+        self.prefilled = asyncio.Event()
         self._cancel_reason: str | None = None
         self._closed = False
         self._engine_done = False
@@ -80,6 +145,8 @@ class GenerationJob:
             except RuntimeError as err:  # the engine thread died: /health says so; this request gets a 500
                 self.finish_reason = "error"
                 raise APIError(500, f"The engine failed: {err.__cause__ or err}", code="engine_error") from err
+            self.prefilled.set()
+            self.logprobs, self.prompt_logprobs = out.logprobs, out.prompt_logprobs
             if out.new_token_ids:
                 self.ttft_s = self.ttft_s if self.ttft_s is not None else time.perf_counter() - self.started
                 self.completion_tokens += len(out.new_token_ids)
@@ -111,6 +178,7 @@ class GenerationJob:
         if self._closed:
             return
         self._closed = True
+        self.prefilled.set()
         try:
             await self._outputs.aclose()  # a stream left early aborts its request: KV pages freed
         except RuntimeError:  # still being iterated by a task that is being cancelled

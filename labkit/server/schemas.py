@@ -3,16 +3,20 @@
 Requests are validated strictly on what the server uses (types and ranges, so the OpenAPI document says
 what is accepted): every value is checked here against what the engine can represent, so no request can
 reach a tensor with a value that breaks it. Text must be valid Unicode (JSON's "\\ud83d" escape alone is a
-lone surrogate that no tokenizer can encode). Unknown fields are ignored, as OpenAI clients send some this
-server does not use.
+lone surrogate that no tokenizer can encode). Fields this server does not know are accepted and logged once
+per name, as vLLM does (`extra_fields`); fields it knows but cannot honour are a 400 naming them. A sampling
+field left out (None) takes the model's generation_config.json default, then the engine's, as vLLM does.
 """
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..engine.sampling_params import INT64_MAX
+from ..engine.sampling_params import INT64_MAX, INT64_MIN, MAX_LOGPROBS
+
+MAX_N = 16  # choices per prompt: bounds n x max_tokens (the context bounds max_tokens)
+MAX_PROMPTS = 64  # prompts in one batched completions request (and prompts x n choices in all)
 
 
 def _valid_unicode(text: str) -> str:
@@ -29,7 +33,9 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="0 is greedy; u
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Count = Annotated[int, Field(ge=1, le=INT64_MAX)]
+TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Stop = Text | Annotated[list[Text], Field(max_length=4)] | None
+Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
 
 
 class StreamOptions(BaseModel):
@@ -39,30 +45,53 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """Fields shared by completions and chat completions."""
 
+    model_config = ConfigDict(extra="allow")  # unknown fields: accepted, logged once per name (vLLM's behaviour)
+
     model: Text | None = Field(None, description="The served model's id (see /v1/models); omitted means that one.")
-    max_tokens: Count | None = Field(None, description="Most tokens to generate; default: what the context "
-                                                           "leaves, capped at the server's default.")
-    temperature: Temperature = 1.0
-    top_p: TopP = 1.0
+    max_tokens: Count | None = Field(None, description="Most tokens to generate; default: the model's "
+                                     "generation_config max_new_tokens, else what the context leaves, capped "
+                                     "at the server's default.")
+    temperature: Temperature | None = Field(None, description="Default: generation_config.json's, else 1.")
+    top_p: TopP | None = Field(None, description="Default: generation_config.json's, else 1.")
     top_k: int | None = Field(None, ge=-1, le=INT64_MAX, description="Sample from the k likeliest tokens "
-                                                                      "(0, -1 or null: all).")
-    n: int = Field(1, ge=1, le=1, description="Only 1 choice per request is supported.")
+                              "(0 or -1: all). Default: generation_config.json's, else all.")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Drop tokens less likely than min_p times the "
+                                "likeliest (vLLM). Default: generation_config.json's, else 0.")
+    n: int = Field(1, ge=1, le=MAX_N, description=f"Choices per prompt (up to {MAX_N}); siblings share the "
+                   f"prompt's KV pages through the prefix cache.")
     stop: Stop = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=256)] | None = Field(
+        None, description="Token ids that end the choice (vLLM).")
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX, description="Any int64; with n > 1, sibling i "
+                             "uses seed + i.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
+    repetition_penalty: float | None = Field(None, gt=0.0, le=100.0, description="vLLM's: >1 discourages tokens "
+                                             "of the prompt and the output. Default: generation_config.json's, else 1.")
+    logit_bias: dict[Text, Bias] | None = Field(None, max_length=1024, description="Token id (as a string) -> "
+                                                "bias in [-100, 100] added to its logit.")
     user: Text | None = None
     # vLLM's extensions, for benchmarks and tests that need exact output lengths
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
     min_tokens: int = Field(0, ge=0, le=INT64_MAX, description="The end-of-sequence token is masked until this many tokens.")
+    skip_special_tokens: bool = Field(True, description="Leave special tokens out of the text (vLLM).")
+
+
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[int], Field(min_length=1)] = Field(
-        ..., description="Text, or token ids, to continue.")
-    echo: bool = False
+    prompt: Annotated[Text, Field(max_length=1_000_000)] | TokenIds \
+        | Annotated[list[Annotated[Text, Field(max_length=1_000_000)]], Field(min_length=1, max_length=MAX_PROMPTS)] \
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)] = Field(
+        ..., description="Text or token ids to continue, or a list of them (choices are indexed prompt-major).")
+    echo: bool = Field(False, description="Put the prompt before each choice's text (and its log-probabilities).")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="Log-probabilities of each token and of "
+                                 f"this many likeliest ones (up to {MAX_LOGPROBS}, vLLM's bound; OpenAI's is 5).")
+    best_of: int | None = Field(None, ge=1, le=MAX_N, description="Only equal to n (no server-side ranking).")
+    suffix: Text | None = Field(None, description="Not supported (no fill-in-the-middle): must be left out.")
 
 
 class TextPart(BaseModel):
@@ -84,6 +113,9 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: Count | None = Field(None, description="Newer name for max_tokens; wins if both.")
+    logprobs: bool = Field(False, description="Log-probability of each output token.")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="With logprobs: this many likeliest "
+                                     f"tokens at each position (up to {MAX_LOGPROBS}).")
 
 
 class EmbeddingRequest(BaseModel):
@@ -119,11 +151,18 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length", "abort"] | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -140,11 +179,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length", "abort"] | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):

@@ -55,22 +55,23 @@ class ChunkFormat:
     def _chunk(self, choice: dict, **extra) -> bytes:
         return event({**self.base, "choices": [choice], **extra})
 
-    def first(self) -> bytes | None:
+    def first(self, index: int = 0) -> bytes | None:
         """Chat streams open with the assistant role, as OpenAI's do."""
         if self.chat:
-            return self._chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+            return self._chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                 "finish_reason": None})
         return None
 
-    def delta(self, text: str) -> bytes:
+    def delta(self, text: str, index: int = 0, logprobs: dict | None = None) -> bytes:
         if self.chat:
-            return self._chunk({"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None})
-        return self._chunk({"index": 0, "text": text, "logprobs": None, "finish_reason": None})
+            return self._chunk({"index": index, "delta": {"content": text}, "logprobs": logprobs,
+                                "finish_reason": None})
+        return self._chunk({"index": index, "text": text, "logprobs": logprobs, "finish_reason": None})
 
-    def finish(self, reason: str) -> bytes:
+    def finish(self, reason: str, index: int = 0) -> bytes:
         if self.chat:
-            return self._chunk({"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason})
-        return self._chunk({"index": 0, "text": "", "logprobs": None, "finish_reason": reason})
+            return self._chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})
+        return self._chunk({"index": index, "text": "", "logprobs": None, "finish_reason": reason})
 
     def usage(self, usage: dict) -> bytes:
         return event({**self.base, "choices": [], "usage": usage})
