@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import APIError, bad_request
 from .schemas import ChatCompletionRequest, ChatMessage, Count, Temperature, Text, TopP
@@ -38,6 +38,8 @@ class InputMessage(BaseModel):
 
 
 class ResponsesRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown fields: accepted, logged once per name (as chat)
+
     model: Text | None = Field(None, description="The served model's id; omitted means that one.")
     input: Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[InputMessage], Field(min_length=1)] = Field(
         ..., description="A text (one user message) or a list of message items.")
@@ -51,6 +53,8 @@ class ResponsesRequest(BaseModel):
     # Accepted so that a client may send its defaults; anything beyond them is refused (UNSUPPORTED).
     store: bool | None = Field(None, description="Only false: the server keeps no responses.")
     previous_response_id: Text | None = Field(None, description="Not supported: the server keeps no responses.")
+    conversation: str | dict[str, Any] | None = Field(None, description="Not supported: the server keeps none.")
+    prompt: dict[str, Any] | None = Field(None, description="Not supported: no stored prompt templates.")
     tools: list[dict[str, Any]] | None = Field(None, description="Not yet supported (must be empty).")
     tool_choice: str | dict[str, Any] | None = Field(None, description="Only 'auto' or 'none' (there are no tools).")
     parallel_tool_calls: bool | None = None
@@ -85,6 +89,8 @@ UNSUPPORTED = {
     "store": (lambda b: b.store is True, "the server is stateless and keeps no responses; send store: false"),
     "previous_response_id": (lambda b: b.previous_response_id is not None,
                              "the server is stateless; send the earlier messages in 'input' instead"),
+    "conversation": (lambda b: b.conversation is not None, "the server is stateless and keeps no conversations"),
+    "prompt": (lambda b: b.prompt is not None, "the server keeps no prompt templates; send 'input'"),
     "tools": (lambda b: bool(b.tools), "tools are not yet supported by /v1/responses"),
     "tool_choice": (lambda b: b.tool_choice not in (None, "auto", "none"),
                     "tool_choice needs tools, which are not yet supported"),

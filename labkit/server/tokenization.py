@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.chat import chat_token_ids
 from .errors import bad_request
@@ -23,6 +23,8 @@ from .schemas import ChatMessage, Text
 class TokenizeRequest(BaseModel):
     """vLLM's TokenizeCompletionRequest (`prompt`) and TokenizeChatRequest (`messages`) as one body, so a
     missing or wrong field is named as the client wrote it; exactly one of the two is given."""
+    model_config = ConfigDict(extra="allow")  # unknown fields: accepted, logged once per name (as chat)
+
     model: Text | None = None
     prompt: Annotated[Text, Field(max_length=1_000_000)] | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
@@ -43,6 +45,8 @@ class TokenizeResponse(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     model: Text | None = None
     tokens: list[int]
 

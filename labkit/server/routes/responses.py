@@ -14,7 +14,8 @@ from ..responses_api import ResponseDraft, ResponsesRequest, chat_request, in_re
 from ..responses_stream import ResponseEvents
 from ..schemas import ERROR_RESPONSES
 from ..streaming import SSEResponse
-from .generate import _close, _collect_unless_disconnected, start_generation, template_messages
+from .generate import (_close, _collect_unless_disconnected, note_extra_fields, start_generation,
+                       template_messages)
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_api_key)])
 _STREAM_DOC = {"text/event-stream": {"schema": {"description": "with stream: true, the Responses API's events "
@@ -25,6 +26,7 @@ _STREAM_DOC = {"text/event-stream": {"schema": {"description": "with stream: tru
              responses={**{s: ERROR_RESPONSES[s] for s in (400, 401, 404, 413, 429, 503, 504)},
                         200: {"content": _STREAM_DOC}})
 async def create_response(body: ResponsesRequest, request: Request):
+    note_extra_fields(body, request)
     refuse_unsupported(body)
     services = request.app.state.services
     engine = services.llm_for(body.model)

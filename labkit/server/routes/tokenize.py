@@ -13,7 +13,7 @@ from ..limits import require_api_key
 from ..schemas import ERROR_RESPONSES
 from ..tokenization import (DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse, detokenize,
                             tokenize, tokenize_response)
-from .generate import template_messages
+from .generate import note_extra_fields, template_messages
 
 router = APIRouter(tags=["vllm"], dependencies=[Depends(require_api_key)])
 _ERRORS = {s: ERROR_RESPONSES[s] for s in (400, 401, 404, 413)}
@@ -31,6 +31,7 @@ def _tokenizer_for(services, name: str | None) -> tuple[object, int]:
 @router.post("/tokenize", response_model=TokenizeResponse, summary="Token ids of a prompt or of chat messages",
              responses=_ERRORS)
 async def tokenize_route(body: TokenizeRequest, request: Request):
+    note_extra_fields(body, request)
     tokenizer, max_model_len = _tokenizer_for(request.app.state.services, body.model)
     ids = await tokenize(tokenizer, body, template_messages)
     return JSONResponse(tokenize_response(tokenizer, ids, max_model_len, body.return_token_strs))
@@ -38,5 +39,6 @@ async def tokenize_route(body: TokenizeRequest, request: Request):
 
 @router.post("/detokenize", response_model=DetokenizeResponse, summary="The text of token ids", responses=_ERRORS)
 async def detokenize_route(body: DetokenizeRequest, request: Request):
+    note_extra_fields(body, request)
     tokenizer, _ = _tokenizer_for(request.app.state.services, body.model)
     return JSONResponse({"prompt": await asyncio.to_thread(detokenize, tokenizer, body.tokens)})
