@@ -39,16 +39,14 @@ class ChoiceSet:
                 first = first or choice
                 self.choices.append(choice)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Admit and submit each prompt's first choice (429 when the queue is full: nothing is left running)."""
         try:
             for choice in self.choices:
                 if choice.first is None:
                     choice.job = self.services.start_job(self.request_id, choice.prompt_ids, choice.params)
         except APIError:
-            for choice in self.choices:
-                if choice.job is not None:
-                    self.services.jobs.discard(choice.job)
+            await self.close()  # the ones already admitted leave the engine and the queue
             raise
 
     async def stream(self, choice: Choice):

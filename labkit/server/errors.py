@@ -71,8 +71,11 @@ def not_ready(what: str) -> APIError:
 def _validation_message(err: RequestValidationError) -> tuple[str, str | None, int, str]:
     """(message, param, status, code) for the first problem pydantic found."""
     problems = err.errors()
-    # A value the right type but wrong (a lone surrogate) says more than a union's other branches' type errors.
-    first = next((p for p in problems if p.get("type") == "value_error"), problems[0] if problems else {})
+    # A value the right type but wrong (a lone surrogate, a token id out of range) says more than a union's
+    # other branches' type errors (a list of ids is not a string, nor a list of strings, ...).
+    first = next((p for p in problems if p.get("type") == "value_error"), None) \
+        or next((p for p in problems if not p.get("type", "").endswith("_type")), None) \
+        or (problems[0] if problems else {})
     if first.get("type") == "json_invalid":
         return f"The body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}.", None, 400, "json_invalid"
     location = [part for part in first.get("loc", ()) if part != "body"]

@@ -91,7 +91,7 @@ async def _run(services, engine, prompts: list, body, param: str, *, chat: bool,
     encoded = [await _encode(engine, prompt, param) for prompt in prompts]
     choices = ChoiceSet(services, request.state.request_id, encoded,
                         [_params(services, engine, body, ids) for ids in encoded])
-    choices.start()
+    await choices.start()
     reply = Reply(chat, body, engine.tokenizer, prompts, encoded, services.llm.name,
                   ("chatcmpl-" if chat else "cmpl-") + request.state.request_id.removeprefix("req-"))
     if body.stream:
