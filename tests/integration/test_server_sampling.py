@@ -144,3 +144,17 @@ def test_unknown_fields_are_accepted_and_logged_once(client, caplog):
             reply = chat(client, max_tokens=2, extra_body={"labkit_test_unknown_field": 1})
             assert reply.choices[0].finish_reason in ("stop", "length")
     assert sum("labkit_test_unknown_field" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_streamed_choices_carry_their_index_and_match_the_plain_reply(client):
+    fields = dict(model=MODEL, prompt=["Red, green,", "North, south,"], n=2, max_tokens=4, temperature=0)
+    plain = client.completions.create(**fields)
+    texts, finished = {}, set()
+    for chunk in client.completions.create(**fields, stream=True, echo=True):
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1, 2, 3}
+    prompts = fields["prompt"]
+    assert [texts[i] for i in range(4)] == [prompts[i // 2] + c.text for i, c in enumerate(plain.choices)]
