@@ -25,6 +25,7 @@ from .output_processor import OutputProcessor
 from .outputs import RequestOutput
 from .request import Request
 from .sampler import Sampler
+from .structured_output import GrammarMatcher, StructuredOutputManager
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerOutput
 from .threads import ThreadGovernor
@@ -81,6 +82,7 @@ class LLMEngine:
         self.steps: deque[StepRecord] = deque(maxlen=self.config.step_log_size)
         self.num_steps = 0
         self._ids = itertools.count()
+        self._grammar_lock = threading.Lock()
         on_cpu = self.runner.device.type == "cpu"
         self.cpu_threads = (self.config.cpu_threads or torch.get_num_threads()) if on_cpu else None
         self._stepping_thread: int | None = None  # the thread whose torch thread count is set (see step())
@@ -126,15 +128,32 @@ class LLMEngine:
             raise ValueError(f"stop_token_ids must lie in [0, {self.vocab_size}) for this model.")
         if params.logit_bias and max(params.logit_bias) >= self.vocab_size:
             raise ValueError(f"logit_bias keys must be token ids in [0, {self.vocab_size}) for this model.")
+        grammar = self._compile_grammar(params) if params.structured_outputs is not None else None
         if params.n != 1:
             raise ValueError("An engine request is one completion (n = 1): LLM.generate and the server fan n > 1 "
                              "out into siblings (SamplingParams.child).")
         request = Request(request_id or f"req-{next(self._ids)}", prompt_token_ids, params,
                           prompt=prompt, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
                           arrival_time=arrival_time)
+        request.grammar = grammar
         self.outputs.add(request, stream_text)
         self.scheduler.add(request)
         return request
+
+    def structured_output_manager(self) -> StructuredOutputManager:
+        """The grammar compiler and its cache, made on the first request with a grammar (about 0.5 s: it
+        indexes the tokenizer's vocabulary). Its width is the logits' (an LM head may be wider than the
+        tokenizer)."""
+        with self._grammar_lock:
+            if self.sampler.structured_outputs is None:
+                head = self.model.get_output_embeddings()
+                width = head.weight.shape[0] if head is not None else self.vocab_size
+                self.sampler.structured_outputs = StructuredOutputManager(self.tokenizer, width)
+            return self.sampler.structured_outputs
+
+    def _compile_grammar(self, params: SamplingParams) -> GrammarMatcher:
+        """Raises StructuredOutputError (a ValueError naming the constraint) for one that does not compile."""
+        return self.structured_output_manager().compile(params.structured_outputs)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Cancel a request; its KV pages are free when this returns. None if it is unknown or already done."""

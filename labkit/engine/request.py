@@ -62,7 +62,8 @@ class Request:
         self.min_tokens_masked_ids = sorted(frozenset(eos_token_ids) | frozenset(params.stop_token_ids))
         # The sampler's fast path: argmax with nothing to change in the logits and nothing more to compute.
         self.plain_greedy = params.greedy and not (params.has_penalties or params.logit_bias) \
-            and params.logprobs is None
+            and params.logprobs is None and params.structured_outputs is None
+        self.grammar = None  # its structured output's matcher (the engine compiles it on entry)
         self.logprobs: list | None = [] if params.logprobs is not None else None  # one entry per output token
         self.cumulative_logprob: float | None = 0.0 if params.logprobs is not None else None
         # The first prompt token has no log-probability (nothing precedes it): None, as vLLM and OpenAI give.
@@ -118,11 +119,16 @@ class Request:
         else:
             self.inter_token_latencies.append(now - self.last_token_time)
         self.last_token_time = now
+        if self.grammar is not None and token_id not in self.stop_token_ids and not self.grammar.accept(token_id):
+            raise ValueError(f"the grammar refused token {token_id}: {self.grammar.error}")
         if token_id in self.stop_token_ids and len(self.output_token_ids) >= self.params.min_tokens:
             self.stop_reason = token_id
             self.status = RequestStatus.FINISHED_STOPPED
         elif len(self.output_token_ids) >= self.max_output_tokens:
             self.status = RequestStatus.FINISHED_LENGTH
+        elif self.grammar is not None and self.grammar.is_terminated():
+            # The output is complete: only EOS could follow, so end here (also under ignore_eos or min_tokens).
+            self.status = RequestStatus.FINISHED_STOPPED
 
     def finish(self, status: RequestStatus, now: float) -> None:
         self.status = status

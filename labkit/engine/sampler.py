@@ -38,6 +38,7 @@ class Sampler:
     def __init__(self, seed: int = 0, tokenizer=None):
         self.generator = torch.Generator().manual_seed(seed)  # for requests without a seed of their own
         self.logprobs = LogprobsComputer(tokenizer)
+        self.structured_outputs = None  # the engine's StructuredOutputManager, once a request has a grammar
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[int]:
         return self.sample(logits, requests).token_ids
@@ -73,6 +74,10 @@ class Sampler:
         for row, request in enumerate(requests):
             if request.needs_min_tokens_mask:
                 logits[row, request.min_tokens_masked_ids] = float("-inf")
+        grammars = {row: request.grammar for row, request in enumerate(requests) if request.grammar is not None}
+        if grammars:
+            manager = self.structured_outputs
+            manager.apply(logits, manager.fill_bitmask(grammars, len(requests)), list(grammars))
 
     @staticmethod
     def _bias_and_penalize(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:

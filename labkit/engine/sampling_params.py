@@ -1,7 +1,7 @@
 """What a request asks of the sampler and when it should end. A frozen value, checked once on creation.
 
 Field names and semantics are vLLM's (`n`, `presence_penalty`, `frequency_penalty`, `repetition_penalty`,
-`logit_bias`, `min_p`, `logprobs`, `prompt_logprobs`, `stop_token_ids`, `seed`), so code written for vLLM's
+`logit_bias`, `min_p`, `logprobs`, `prompt_logprobs`, `stop_token_ids`, `seed`, `structured_outputs`), so code written for vLLM's
 `SamplingParams` reads the same here.
 """
 from __future__ import annotations
@@ -9,6 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .structured_output import StructuredOutputsParams
 
 INT64_MAX = 2**63 - 1  # counts and ids reach int64 tensors: anything larger cannot be represented
 INT64_MIN = -2**63
@@ -41,6 +45,7 @@ class SamplingParams:
     logprobs: int | None = None  # per output token: the sampled token's log-probability and this many top ones
     prompt_logprobs: int | None = None  # the same for every prompt token (needs the prompt's logits: no prefix cache)
     skip_special_tokens: bool = True  # in the decoded text
+    structured_outputs: StructuredOutputsParams | None = None  # a grammar the output must follow (JSON, regex, ...)
 
     def __post_init__(self) -> None:
         # Accept a lone string or any iterable for the tuple fields, so callers can pass lists.
