@@ -7,6 +7,8 @@ from .outputs import RequestMetrics, RequestOutput
 from .request import Request, RequestStatus
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
+from .structured_output import StructuredOutputError, StructuredOutputsParams
 
 __all__ = ["LLM", "AsyncLLM", "LLMEngine", "PagedKVCache", "Request", "RequestMetrics", "RequestOutput",
-           "RequestStatus", "SamplingParams", "Scheduler", "StepRecord"]
+           "RequestStatus", "SamplingParams", "Scheduler", "StepRecord", "StructuredOutputError",
+           "StructuredOutputsParams"]
