@@ -28,7 +28,7 @@ def generation_defaults(model) -> dict:
 
 
 def sampling_params(body, prompt_tokens: int, max_model_len: int, defaults: dict | None = None,
-                    vocab_size: int | None = None) -> SamplingParams:
+                    vocab_size: int | None = None, structured_outputs=None) -> SamplingParams:
     """The engine's parameters for a completions or chat body, or a 400 naming the field that cannot fit or
     cannot be honoured. A sampling field left out takes `defaults` (the model's generation config)."""
     defaults = defaults or {}
@@ -59,7 +59,8 @@ def sampling_params(body, prompt_tokens: int, max_model_len: int, defaults: dict
             stop_token_ids=tuple(body.stop_token_ids or ()), ignore_eos=body.ignore_eos, seed=body.seed,
             presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
             logit_bias=bias, n=body.n, skip_special_tokens=body.skip_special_tokens,
-            logprobs=_logprobs(body), prompt_logprobs=body.logprobs if getattr(body, "echo", False) else None)
+            logprobs=_logprobs(body), prompt_logprobs=body.logprobs if getattr(body, "echo", False) else None,
+            structured_outputs=structured_outputs)
     except ValueError as err:  # a default from generation_config.json the engine refuses
         raise bad_request(f"Sampling parameters refused: {err}", param=None) from None
 

@@ -7,11 +7,12 @@ import time
 
 from .logprobs_format import chat_logprobs, completion_logprobs, merge_completion_logprobs
 from .streaming import ChunkFormat
+from .tools import ToolCallParser, parse_tool_calls
 
 
 class Reply:
     def __init__(self, chat: bool, body, tokenizer, prompts: list, encoded: list[list[int]], model: str,
-                 response_id: str):
+                 response_id: str, tools=None):
         self.chat = chat
         self.body = body
         self.tokenizer = tokenizer
@@ -25,6 +26,18 @@ class Reply:
         self.wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
         self.top = (body.top_logprobs or 0) if chat else (body.logprobs or 0)
         self._sent: dict[int, int] = {}  # choice index -> output log-probabilities streamed so far
+        self.tools = tools  # a ToolPlan: each choice's text is read for tool calls (tools.py)
+        self._parsers: dict[int, ToolCallParser] = {}  # choice index -> its streamed text's parser
+
+    def message(self, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
+        """A chat choice's message and finish reason: `tool_calls` (content null if nothing else was said)
+        when its text held calls."""
+        if self.tools is None:
+            return {"role": "assistant", "content": text}, finish_reason
+        content, calls = parse_tool_calls(text, self.tools)
+        if not calls:
+            return {"role": "assistant", "content": content}, finish_reason
+        return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
 
     def decode(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -53,8 +66,9 @@ class Reply:
             entries = choice.job.logprobs or []
             logprobs = self._logprobs(choice, entries, with_prompt=self.echo)
             if self.chat:
-                body.append({"index": choice.index, "message": {"role": "assistant", "content": choice.text},
-                             "logprobs": logprobs, "finish_reason": choice.job.finish_reason})
+                message, reason = self.message(choice.text, choice.job.finish_reason)
+                body.append({"index": choice.index, "message": message, "logprobs": logprobs,
+                             "finish_reason": reason})
             else:
                 text = (self.prompt_text(choice.prompt_index) if self.echo else "") + choice.text
                 body.append({"index": choice.index, "text": text, "logprobs": logprobs,
@@ -71,8 +85,28 @@ class Reply:
         sent = self._sent.setdefault(choice.index, 0)
         entries = (choice.job.logprobs or [])[sent:] if self.wants_logprobs else []
         self._sent[choice.index] = sent + len(entries)
+        if self.tools is not None:
+            return chunks + self._tool_chunks(choice, delta, entries)
         if delta or entries:
             chunks.append(self.format.delta(delta or "", choice.index, self._logprobs(choice, entries, False)))
         if delta is None:
             chunks.append(self.format.finish(choice.job.finish_reason, choice.index))
+        return chunks
+
+    def _tool_chunks(self, choice, delta: str | None, entries: list) -> list[bytes]:
+        """Text as content deltas, held back where it may begin a tool call; each call as it completes."""
+        parser = self._parsers.setdefault(choice.index, ToolCallParser(self.tools))
+        events = parser.feed(delta) if delta is not None else parser.finish()
+        chunks, logprobs = [], self._logprobs(choice, entries, False)
+        for kind, value in events:
+            if kind == "content":
+                chunks.append(self.format.delta(value, choice.index, logprobs))
+                logprobs = None
+            else:
+                chunks += self.format.tool_call(value, parser.calls.index(value), choice.index)
+        if logprobs is not None and entries:  # tokens held back: their log-probabilities go now
+            chunks.append(self.format.delta("", choice.index, logprobs))
+        if delta is None:
+            reason = "tool_calls" if parser.calls else choice.job.finish_reason
+            chunks.append(self.format.finish(reason, choice.index))
         return chunks

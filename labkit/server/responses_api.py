@@ -83,6 +83,7 @@ class ResponsesRequest(BaseModel):
         return items
 
 
+_FORMATS = ("text", "json_object", "json_schema")  # text.format types (the chat path's response_format)
 # field -> (is it asked for something this server cannot do?, why). One table, so a feature that lands (tool
 # calls, logprobs, structured outputs) is one row removed and its handling added where the chat path has it.
 UNSUPPORTED = {
@@ -94,8 +95,8 @@ UNSUPPORTED = {
     "tools": (lambda b: bool(b.tools), "tools are not yet supported by /v1/responses"),
     "tool_choice": (lambda b: b.tool_choice not in (None, "auto", "none"),
                     "tool_choice needs tools, which are not yet supported"),
-    "text": (lambda b: (b.text or {}).get("format", {"type": "text"}) != {"type": "text"},
-             "only the plain text format is supported"),
+    "text": (lambda b: (b.text or {}).get("format", {"type": "text"}).get("type") not in _FORMATS,
+             f"text.format.type must be one of {', '.join(_FORMATS)}"),
     "reasoning": (lambda b: bool(b.reasoning and any(v is not None for v in b.reasoning.values())),
                   "reasoning options are not supported"),
     "include": (lambda b: bool(b.include), "no extra output data can be included"),
@@ -117,7 +118,8 @@ def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
     messages = [ChatMessage(role="system", content=body.instructions)] if body.instructions is not None else []
     messages += [ChatMessage(role=item.role, content=item.text()) for item in items]
     fields = {"model": body.model, "messages": messages, "max_tokens": body.max_output_tokens,
-              "temperature": body.temperature, "top_p": body.top_p, "user": body.user}
+              "temperature": body.temperature, "top_p": body.top_p, "user": body.user,
+              "response_format": response_format(body.text)}
     try:
         return ChatCompletionRequest(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as err:  # a check of the chat path's that the Responses fields do not make: still a 400
@@ -128,7 +130,17 @@ def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
 
 
 # The chat path's names for what the Responses API calls otherwise, for its error messages.
-_PARAMS = {"messages": "input", "prompt": "input", "max_tokens": "max_output_tokens"}
+_PARAMS = {"messages": "input", "prompt": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
+
+
+def response_format(text: dict | None) -> dict | None:
+    """`text.format` as the chat path's `response_format`: the Responses API puts the schema's fields beside
+    its type (`{"type": "json_schema", "name", "schema", "strict"}`), chat nests them under `json_schema`."""
+    spec = dict((text or {}).get("format") or {"type": "text"})
+    if spec.get("type") != "json_schema":
+        return spec
+    kind = spec.pop("type")
+    return {"type": kind, "json_schema": spec}
 
 
 def in_responses_terms(err: APIError) -> APIError:
@@ -164,7 +176,7 @@ class ResponseDraft:
             "output": output, "parallel_tool_calls": b.parallel_tool_calls is not False,
             "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "store": False,
             # as sent: left out, the model's generation config chooses (the chat path's rule), not 1.0
-            "temperature": b.temperature, "text": {"format": {"type": "text"}},
+            "temperature": b.temperature, "text": {"format": (b.text or {}).get("format") or {"type": "text"}},
             "tool_choice": b.tool_choice or "auto", "tools": [], "top_p": b.top_p,
             "truncation": "disabled", "usage": usage, "user": b.user, "metadata": b.metadata or {},
         }

@@ -9,7 +9,7 @@ field left out (None) takes the model's generation_config.json default, then the
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -77,6 +77,19 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
     min_tokens: int = Field(0, ge=0, le=INT64_MAX, description="The end-of-sequence token is masked until this many tokens.")
     skip_special_tokens: bool = Field(True, description="Leave special tokens out of the text (vLLM).")
+    # Structured outputs (structured.py): OpenAI's response_format, or vLLM's structured_outputs (one of the two)
+    response_format: dict[str, Any] | None = Field(None, description="{'type': 'text' | 'json_object' | "
+                                                   "'json_schema', 'json_schema': {'name', 'schema', 'strict'}}: "
+                                                   "the output follows it (enforced by a grammar).")
+    structured_outputs: dict[str, Any] | None = Field(None, description="vLLM's: exactly one of json, regex, "
+                                                      "choice, grammar, json_object, structural_tag, with "
+                                                      "disable_any_whitespace, whitespace_pattern.")
+    # vLLM's names before 0.12, mapped onto structured_outputs
+    guided_json: dict[str, Any] | Text | None = None
+    guided_regex: Text | None = None
+    guided_choice: list[Text] | None = None
+    guided_grammar: Text | None = None
+    guided_whitespace_pattern: Text | None = None
 
 
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
@@ -99,10 +112,44 @@ class TextPart(BaseModel):
     text: Text
 
 
+class FunctionCall(BaseModel):
+    name: Text
+    arguments: Text = Field(..., description="The arguments as a JSON text.")
+
+
+class ToolCall(BaseModel):
+    id: Text
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDefinition(BaseModel):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    description: Text | None = None
+    parameters: dict[str, Any] | None = Field(None, description="A JSON schema of the arguments.")
+    strict: bool | None = None
+
+
+class FunctionTool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: Text
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
     name: Text | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="An assistant message's earlier tool calls.")
+    tool_call_id: Text | None = Field(None, description="A tool message: the call it answers.")
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -116,6 +163,12 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = Field(False, description="Log-probability of each output token.")
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="With logprobs: this many likeliest "
                                      f"tokens at each position (up to {MAX_LOGPROBS}).")
+    tools: Annotated[list[FunctionTool], Field(max_length=128)] | None = Field(
+        None, description="Function tools the model may call (tools.py: described in a system message).")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="Default: auto with tools, none without. required and a named function are "
+                          "generated under the call's JSON-schema grammar.")
+    parallel_tool_calls: bool | None = Field(None, description="Default true: one or more calls; false: one.")
 
 
 class EmbeddingRequest(BaseModel):
@@ -176,7 +229,8 @@ class Completion(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(BaseModel):
@@ -196,7 +250,7 @@ class ChatLogprobs(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length", "abort"] | None
+    finish_reason: Literal["stop", "length", "tool_calls", "abort"] | None
     logprobs: ChatLogprobs | None = None
 
 

@@ -68,6 +68,15 @@ class ChunkFormat:
                                 "finish_reason": None})
         return self._chunk({"index": index, "text": text, "logprobs": logprobs, "finish_reason": None})
 
+    def tool_call(self, call: dict, call_index: int, index: int = 0) -> list[bytes]:
+        """One whole tool call as OpenAI streams one: its id, type and name with empty arguments, then the
+        arguments (which a client appends to those of the same `index`)."""
+        head = {"index": call_index, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        rest = {"index": call_index, "function": {"arguments": call["function"]["arguments"]}}
+        return [self._chunk({"index": index, "delta": {"tool_calls": [part]}, "logprobs": None,
+                             "finish_reason": None}) for part in (head, rest)]
+
     def finish(self, reason: str, index: int = 0) -> bytes:
         if self.chat:
             return self._chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": reason})

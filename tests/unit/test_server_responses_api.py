@@ -34,7 +34,7 @@ def test_items_and_parts_not_supported_yet_are_named():
 @pytest.mark.parametrize("field,value", [
     ("store", True), ("previous_response_id", "resp_1"), ("conversation", "conv_1"), ("prompt", {"id": "p"}),
     ("tools", [{"type": "function", "name": "f"}]),
-    ("tool_choice", "required"), ("text", {"format": {"type": "json_object"}}), ("reasoning", {"effort": "low"}),
+    ("tool_choice", "required"), ("text", {"format": {"type": "xml"}}), ("reasoning", {"effort": "low"}),
     ("include", ["message.output_text.logprobs"]), ("truncation", "auto"), ("background", True), ("top_logprobs", 2)])
 def test_what_cannot_be_honoured_is_a_400_naming_it(field, value):
     assert field in UNSUPPORTED

@@ -21,6 +21,8 @@ from ..reply import Reply
 from ..schemas import (ERROR_RESPONSES, MAX_PROMPTS, ChatCompletion, ChatCompletionRequest, Completion,
                        CompletionRequest)
 from ..streaming import DONE, SSEResponse
+from ..structured import compile_constraint, requested
+from ..tools import ToolPlan, template_messages, tool_plan
 
 log = logging.getLogger("labkit.server")
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_api_key)])
@@ -54,13 +56,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         raise bad_request(f"{services.llm.name} has no chat template; use /v1/completions.", param="messages")
     if body.max_completion_tokens is not None:
         body = body.model_copy(update={"max_tokens": body.max_completion_tokens})
-    return await _run(services, engine, [template_messages(body.messages)], body, "messages", chat=True,
-                      request=request)
-
-
-def template_messages(messages) -> list[dict]:
-    """Chat messages as the chat template reads them (one place, shared by /tokenize and /v1/responses)."""
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+    plan = tool_plan(body)
+    return await _run(services, engine, [template_messages(body.messages, plan)], body, "messages", chat=True,
+                      request=request, tools=plan)
 
 
 def note_extra_fields(body, request: Request) -> None:
@@ -82,18 +80,34 @@ async def _encode(engine, prompt, param: str) -> list[int]:
         raise bad_request(str(err), param=param, code=code) from None
 
 
-def _params(services, engine, body, ids: list[int]):
+def _params(services, engine, body, ids: list[int], constraint=None):
     return sampling_params(body, len(ids), engine.max_model_len, generation_defaults(services.llm.model),
-                           engine.engine.vocab_size)
+                           engine.engine.vocab_size, structured_outputs=constraint)
 
 
-async def _run(services, engine, prompts: list, body, param: str, *, chat: bool, request: Request):
+async def output_constraint(engine, body, plan: ToolPlan | None):
+    """The grammar the output must follow (response_format, structured_outputs, or a forced tool call),
+    compiled before the request is admitted: 400 naming the field when it does not compile."""
+    constraint, param = requested(body)
+    if plan is not None and constraint is not None:
+        raise bad_request(f"{param.split('.')[0]} cannot be combined with tools (unless tool_choice is none): "
+                          f"tool calls have their own format.", param=param.split(".")[0])
+    if plan is not None:
+        constraint, param = plan.constraint(), "tools"
+    if constraint is not None:
+        await compile_constraint(engine, constraint, param)
+    return constraint
+
+
+async def _run(services, engine, prompts: list, body, param: str, *, chat: bool, request: Request,
+               tools: ToolPlan | None = None):
+    constraint = await output_constraint(engine, body, tools)
     encoded = [await _encode(engine, prompt, param) for prompt in prompts]
     choices = ChoiceSet(services, request.state.request_id, encoded,
-                        [_params(services, engine, body, ids) for ids in encoded])
+                        [_params(services, engine, body, ids, constraint) for ids in encoded])
     await choices.start()
     reply = Reply(chat, body, engine.tokenizer, prompts, encoded, services.llm.name,
-                  ("chatcmpl-" if chat else "cmpl-") + request.state.request_id.removeprefix("req-"))
+                  ("chatcmpl-" if chat else "cmpl-") + request.state.request_id.removeprefix("req-"), tools)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return SSEResponse(_chunks(choices, reply, include_usage),
@@ -105,11 +119,14 @@ async def _run(services, engine, prompts: list, body, param: str, *, chat: bool,
     return JSONResponse(reply.full(choices))
 
 
-async def start_generation(services, engine, prompt, body, param: str, request: Request):
+async def start_generation(services, engine, prompt, body, param: str, request: Request,
+                           tools: ToolPlan | None = None):
     """Tokenize `prompt` (text, chat messages or ids), check the sampling fields of `body` against the context
-    (400 naming `param` or the field), admit and submit: the running `GenerationJob`."""
+    (400 naming `param` or the field) and its output constraint, admit and submit: the running
+    `GenerationJob`."""
+    constraint = await output_constraint(engine, body, tools)
     ids = await _encode(engine, prompt, param)
-    return services.start_job(request.state.request_id, ids, _params(services, engine, body, ids))
+    return services.start_job(request.state.request_id, ids, _params(services, engine, body, ids, constraint))
 
 
 async def _chunks(choices: ChoiceSet, reply: Reply, include_usage: bool):
