@@ -104,3 +104,11 @@ def test_seeded_sampling_is_reproducible_whatever_the_batch():
     batched = [Sampler(99)(logits.clone(), [batched_request, *others])[0] for _ in range(20)]
     assert alone == batched
     assert len(set(alone)) > 5  # it really samples
+
+
+def test_greedy_choice_is_argmax_with_ties_and_nan():
+    from labkit.engine.sampler import _argmax
+
+    rows = torch.tensor([[1.0, 3.0, 3.0, 0.0], [float("nan"), 5.0, float("nan"), 1.0], [2.0, 2.0, 2.0, 2.0]],
+                        dtype=torch.bfloat16)
+    assert _argmax(rows) == rows.argmax(dim=-1).tolist() == [1, 0, 0]
