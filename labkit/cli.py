@@ -220,10 +220,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_bench_serve(args: argparse.Namespace) -> None:
     import json
 
-    from .bench.serve_bench import SLO, Workload, bench_serve, format_report, merge_reports
+    from .bench.serve_bench import SLO, Workload, bench_serve, format_report, merge_reports, response_format
 
+    structured = None if args.response_format is None else response_format(args.response_format)  # ValueError: exit 2
     workload = Workload(requests=args.requests, concurrency=args.concurrency, min_tokens=args.min_tokens,
-                        max_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature)
+                        max_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature,
+                        response_format=structured)
     slo = SLO(ttft_ms=args.slo_ttft_ms, itl_ms=args.slo_itl_ms, e2e_ms=args.slo_e2e_ms)
     report = bench_serve(args.url, workload, model=args.model, api_key=args.api_key, slo=slo, name=args.name,
                          warmup=args.warmup)
@@ -308,6 +310,9 @@ def add_serve_commands(commands, bench_commands) -> None:
     load.add_argument("--max-tokens", type=positive_int, default=128, help="longest max_tokens asked (default 128)")
     load.add_argument("--temperature", type=non_negative_float, default=0.0, help="default 0 (greedy)")
     load.add_argument("--seed", type=int, default=0, help="seed of the workload (default 0)")
+    load.add_argument("--response-format", metavar="FORMAT", default=None,
+                      help="ask every request for structured output: json_object, or a JSON schema file (sent as "
+                           "a strict json_schema); the report counts the outputs that parse")
     load.add_argument("--model", default=None, help="model id to ask for (default: the server's first)")
     load.add_argument("--api-key", default=None, help="bearer key, if the server wants one")
     load.add_argument("--name", default=None, help="system name in the report (default: detected)")

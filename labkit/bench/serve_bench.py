@@ -4,6 +4,8 @@ N chat requests, at most C in flight, each streamed: the client times the first 
 between tokens (ITL) and the whole request (end-to-end), counts output tokens (from `usage` when the
 server sends it, else one per content chunk), and reports throughput, percentiles, errors and goodput:
 the requests per second that met every SLO given (`--slo-ttft-ms`, `--slo-itl-ms`, `--slo-e2e-ms`).
+With `--response-format` every request asks for structured output (`json_object`, or a JSON schema from a
+file), so one flag measures what a grammar costs; the report then counts the outputs that parse as JSON.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class Workload:
     max_tokens: int = 128
     seed: int = 0
     temperature: float = 0.0
+    response_format: dict | None = None  # OpenAI's response_format, sent with every request
 
     def items(self) -> list[tuple[str, int]]:
         rng = random.Random(self.seed)
@@ -43,10 +46,26 @@ class Workload:
                 for i in range(self.requests)]
 
 
+def response_format(value: str) -> dict:
+    """`--response-format`: "json_object", or the path of a JSON schema file (sent as a strict json_schema)."""
+    if value == "json_object":
+        return {"type": "json_object"}
+    try:
+        with open(value) as schema_file:
+            schema = json.load(schema_file)
+    except OSError as err:
+        raise ValueError(f"--response-format is json_object or a JSON schema file; cannot read {value!r}: "
+                         f"{err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--response-format: {value} is not JSON ({err.msg}, line {err.lineno})") from None
+    return {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema, "strict": True}}
+
+
 @dataclass
 class Result:
     ok: bool
     output_tokens: int = 0
+    text: str = ""
     ttft_s: float | None = None
     e2e_s: float = 0.0
     itl_s: list[float] = field(default_factory=list)
@@ -68,9 +87,11 @@ class SLO:
 
 
 async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int,
-                      temperature: float, headers: dict) -> Result:
+                      temperature: float, headers: dict, response_format: dict | None = None) -> Result:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": temperature, "stream": True, "stream_options": {"include_usage": True}}
+    if response_format is not None:
+        body["response_format"] = response_format
     started = time.perf_counter()
     last = None
     result = Result(ok=False)
@@ -95,6 +116,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
                     result.output_tokens = int(payload["usage"].get("completion_tokens") or 0)
                 for choice in payload.get("choices") or []:
                     if (choice.get("delta") or {}).get("content"):
+                        result.text += choice["delta"]["content"]
                         now = time.perf_counter()
                         chunks += 1
                         if last is None:
@@ -126,7 +148,15 @@ def _stats(prefix: str, values: list[float]) -> dict:
             f"{prefix}_p50_s": _percentile(values, 0.5), f"{prefix}_p99_s": _percentile(values, 0.99)}
 
 
-def summarise(results: list[Result], wall_s: float, slo: SLO) -> dict:
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def summarise(results: list[Result], wall_s: float, slo: SLO, structured: bool = False) -> dict:
     ok = [r for r in results if r.ok]
     tokens = sum(r.output_tokens for r in ok)
     errors: dict[str, int] = {}
@@ -142,6 +172,8 @@ def summarise(results: list[Result], wall_s: float, slo: SLO) -> dict:
         **_stats("itl", [gap for r in ok for gap in r.itl_s]),
         **_stats("latency", [r.e2e_s for r in ok]),
     }
+    if structured:  # outputs cut by max_tokens are unfinished JSON: they count as not parsing
+        summary["outputs_parsing_as_json"] = sum(_parses(r.text) for r in ok)
     if any(v is not None for v in (slo.ttft_ms, slo.itl_ms, slo.e2e_ms)):
         good = sum(slo.met(r) for r in results)
         summary["slo"] = {k: v for k, v in vars(slo).items() if v is not None}
@@ -175,17 +207,19 @@ async def run_load(url: str, workload: Workload, *, model: str | None = None, ap
         detected_model, server = await detect(client, url, headers)
         model = model or detected_model
         for _ in range(warmup):
-            await one_request(client, url, model, PROMPTS[0], 8, workload.temperature, headers)
+            await one_request(client, url, model, PROMPTS[0], 8, workload.temperature, headers,
+                              workload.response_format)
         gate = asyncio.Semaphore(workload.concurrency)
 
         async def gated(prompt: str, max_tokens: int) -> Result:
             async with gate:
-                return await one_request(client, url, model, prompt, max_tokens, workload.temperature, headers)
+                return await one_request(client, url, model, prompt, max_tokens, workload.temperature, headers,
+                                         workload.response_format)
 
         started = time.perf_counter()
         results = await asyncio.gather(*(gated(p, n) for p, n in workload.items()))
         wall = time.perf_counter() - started
-    return server, model, summarise(list(results), wall, slo)
+    return server, model, summarise(list(results), wall, slo, structured=workload.response_format is not None)
 
 
 def machine() -> dict:
@@ -237,6 +271,9 @@ def format_report(report: dict) -> str:
                   f"  ITL         mean {ms(s['itl_mean_s'])} ms, p50 {ms(s['itl_p50_s'])} ms, p99 {ms(s['itl_p99_s'])} ms",
                   f"  end-to-end  mean {ms(s['latency_mean_s'])} ms, p50 {ms(s['latency_p50_s'])} ms, "
                   f"p99 {ms(s['latency_p99_s'])} ms"]
+        if "outputs_parsing_as_json" in s:
+            lines.append(f"  structured  {s['outputs_parsing_as_json']}/{s['completed']} outputs parse as JSON "
+                         f"(an output cut by max_tokens does not)")
         if "goodput_requests_per_s" in s:
             lines.append(f"  goodput     {s['goodput_requests_per_s']:.2f} req/s within SLO {s['slo']} "
                          f"({s['slo_attainment']:.0%} of requests)")

@@ -9,7 +9,7 @@ import pytest
 
 import labkit
 from labkit import ServerConfig
-from labkit.bench.serve_bench import SLO, Workload, bench_serve
+from labkit.bench.serve_bench import SLO, Workload, bench_serve, response_format
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +52,24 @@ def test_cli_writes_the_json(server, tmp_path):
     assert "output tok/s" in result.stdout and "goodput" in result.stdout
     assert json.loads(out.read_text())["systems"]["labkit"]["completed"] == 4
 
+
+
+def test_response_format_asks_every_request_for_structured_output(server, tmp_path):
+    schema = tmp_path / "answer.json"
+    schema.write_text(json.dumps({"type": "boolean"}))  # a grammar that ends after one word: every output parses
+    report = bench_serve(server.url, Workload(requests=4, concurrency=2, min_tokens=8, max_tokens=8,
+                                              response_format=response_format(str(schema))), warmup=0)
+    system = report["systems"]["labkit"]
+    assert system["completed"] == 4 and system["outputs_parsing_as_json"] == 4
+    assert report["workload"]["response_format"]["json_schema"]["schema"] == {"type": "boolean"}
+    plain = bench_serve(server.url, Workload(requests=2, concurrency=2, min_tokens=8, max_tokens=8), warmup=0)
+    assert "outputs_parsing_as_json" not in plain["systems"]["labkit"]
+
+
+def test_response_format_flag_is_json_object_or_a_readable_schema(tmp_path):
+    assert response_format("json_object") == {"type": "json_object"}
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for value, message in ((str(tmp_path / "missing.json"), "cannot read"), (str(bad), "is not JSON")):
+        with pytest.raises(ValueError, match=message):
+            response_format(value)
