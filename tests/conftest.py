@@ -46,3 +46,21 @@ def tiny_model_dirs(tmp_path_factory, default_llm_dir) -> dict[str, str]:
     """Directories of tiny random decoder models: llama, qwen2, mistral, gpt2."""
     root = tmp_path_factory.mktemp("tiny-models")
     return {arch: str(build_tiny_model(arch, root / arch, default_llm_dir)) for arch in TINY_ARCHITECTURES}
+
+
+@pytest.fixture(scope="module")
+def default_server(default_llm_fp32):
+    """The OpenAI-compatible server on the default model (float32), one per test module: an engine attaches to
+    the model object, so a module that builds its own `LLM` on it must not share a server with another."""
+    import labkit
+
+    with labkit.serve(default_llm_fp32, encoder=None) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def openai_client(default_server):
+    """The official openai client on `default_server`, without retries (a test sees the first answer)."""
+    import openai
+
+    return openai.OpenAI(base_url=default_server.url + "/v1", api_key="unused", max_retries=0)

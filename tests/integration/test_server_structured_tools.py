@@ -11,7 +11,6 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-import labkit
 
 pytestmark = pytest.mark.integration
 MODEL = "smollm2-135m-instruct"
@@ -31,26 +30,15 @@ class Capital(BaseModel):
     country: str
 
 
-@pytest.fixture(scope="module")
-def server(default_llm_fp32):
-    with labkit.serve(default_llm_fp32, encoder=None) as handle:
-        yield handle
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
-def test_parse_with_a_pydantic_model_returns_the_object(client):
-    reply = client.chat.completions.parse(model=MODEL, messages=ASK, response_format=Capital, temperature=0,
+def test_parse_with_a_pydantic_model_returns_the_object(openai_client):
+    reply = openai_client.chat.completions.parse(model=MODEL, messages=ASK, response_format=Capital, temperature=0,
                                           max_tokens=64)
     parsed = reply.choices[0].message.parsed
     assert isinstance(parsed, Capital) and reply.choices[0].finish_reason == "stop"
 
 
-def test_json_object_output_parses(client):
-    reply = client.chat.completions.create(model=MODEL, messages=ASK, response_format={"type": "json_object"},
+def test_json_object_output_parses(openai_client):
+    reply = openai_client.chat.completions.create(model=MODEL, messages=ASK, response_format={"type": "json_object"},
                                            temperature=0, max_tokens=64)
     if reply.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(reply.choices[0].message.content), dict)
@@ -58,11 +46,11 @@ def test_json_object_output_parses(client):
         assert reply.choices[0].message.content.lstrip().startswith("{")
 
 
-def test_structured_outputs_choice_and_regex(client):
-    reply = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=16, temperature=0,
+def test_structured_outputs_choice_and_regex(openai_client):
+    reply = openai_client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=16, temperature=0,
                                            extra_body={"structured_outputs": {"choice": ["Paris", "Lyon", "Nice"]}})
     assert reply.choices[0].message.content in ("Paris", "Lyon", "Nice")
-    done = client.completions.create(model=MODEL, prompt="The year the Eiffel Tower was built:", max_tokens=16,
+    done = openai_client.completions.create(model=MODEL, prompt="The year the Eiffel Tower was built:", max_tokens=16,
                                      temperature=0.8, seed=3, n=2,
                                      extra_body={"structured_outputs": {"regex": r" ?\d{4}"}})
     for choice in done.choices:  # each sibling has a matcher of its own
@@ -75,11 +63,11 @@ def test_structured_outputs_choice_and_regex(client):
      "response_format"),
     ({"response_format": {"type": "json_object"}, "structured_outputs": {"choice": ["a"]}}, "structured_outputs"),
 ])
-def test_a_constraint_that_does_not_compile_is_a_400_naming_it(client, server, extra, param):
+def test_a_constraint_that_does_not_compile_is_a_400_naming_it(openai_client, default_server, extra, param):
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4, extra_body=extra)
+        openai_client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4, extra_body=extra)
     assert err.value.body["param"] == param
-    assert server.app.state.services.num_running() == 0
+    assert default_server.app.state.services.num_running() == 0
 
 
 def _arguments_valid(call, tools=TOOLS) -> dict:
@@ -90,8 +78,8 @@ def _arguments_valid(call, tools=TOOLS) -> dict:
 
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
-def test_forced_tool_calls_parse_and_validate(client, choice):
-    reply = client.chat.completions.create(model=MODEL, messages=WEATHER_ASK, tools=TOOLS, tool_choice=choice,
+def test_forced_tool_calls_parse_and_validate(openai_client, choice):
+    reply = openai_client.chat.completions.create(model=MODEL, messages=WEATHER_ASK, tools=TOOLS, tool_choice=choice,
                                            parallel_tool_calls=False, temperature=0, max_tokens=64)
     message = reply.choices[0].message
     assert reply.choices[0].finish_reason == "tool_calls" and message.content is None
@@ -101,12 +89,12 @@ def test_forced_tool_calls_parse_and_validate(client, choice):
         assert message.tool_calls[0].function.name == "get_time"
 
 
-def test_streamed_tool_call_deltas_reassemble_to_the_plain_call(client):
+def test_streamed_tool_call_deltas_reassemble_to_the_plain_call(openai_client):
     fields = dict(model=MODEL, messages=WEATHER_ASK, tools=TOOLS, tool_choice="required",
                   parallel_tool_calls=False, temperature=0, max_tokens=64)
-    plain = client.chat.completions.create(**fields).choices[0].message.tool_calls[0]
+    plain = openai_client.chat.completions.create(**fields).choices[0].message.tool_calls[0]
     calls, reasons, content = {}, [], ""
-    for chunk in client.chat.completions.create(stream=True, **fields):
+    for chunk in openai_client.chat.completions.create(stream=True, **fields):
         choice = chunk.choices[0]
         reasons.append(choice.finish_reason)
         content += choice.delta.content or ""
@@ -120,35 +108,35 @@ def test_streamed_tool_call_deltas_reassemble_to_the_plain_call(client):
     assert json.loads(calls[0]["arguments"]) == json.loads(plain.function.arguments)
 
 
-def test_tool_choice_none_gives_text(client):
-    reply = client.chat.completions.create(model=MODEL, messages=WEATHER_ASK, tools=TOOLS, tool_choice="none",
+def test_tool_choice_none_gives_text(openai_client):
+    reply = openai_client.chat.completions.create(model=MODEL, messages=WEATHER_ASK, tools=TOOLS, tool_choice="none",
                                            temperature=0, max_tokens=16)
     assert reply.choices[0].message.tool_calls is None and reply.choices[0].message.content
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
-def test_a_tool_result_reaches_the_model(client):
+def test_a_tool_result_reaches_the_model(openai_client):
     call = {"id": "call_1", "type": "function",
             "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}
     messages = WEATHER_ASK + [{"role": "assistant", "content": None, "tool_calls": [call]},
                               {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21}'}]
-    short = client.chat.completions.create(model=MODEL, messages=WEATHER_ASK, tools=TOOLS, max_tokens=8,
+    short = openai_client.chat.completions.create(model=MODEL, messages=WEATHER_ASK, tools=TOOLS, max_tokens=8,
                                            temperature=0)
-    reply = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=8,
+    reply = openai_client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=8,
                                            temperature=0)
     assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
     # the call and its result are in the prompt: it is longer by at least their text
     assert reply.usage.prompt_tokens > short.usage.prompt_tokens + 15
 
 
-def test_responses_text_format_json_schema(client):
+def test_responses_text_format_json_schema(openai_client):
     schema = Capital.model_json_schema()
-    reply = client.responses.create(model=MODEL, input=ASK[0]["content"], temperature=0, max_output_tokens=64,
+    reply = openai_client.responses.create(model=MODEL, input=ASK[0]["content"], temperature=0, max_output_tokens=64,
                                     text={"format": {"type": "json_schema", "name": "capital", "schema": schema,
                                                      "strict": True}})
     assert reply.status == "completed" and reply.text.format.type == "json_schema"
     Capital.model_validate_json(reply.output_text)
     with pytest.raises(openai.BadRequestError) as err:
-        client.responses.create(model=MODEL, input="hi", text={"format": {"type": "json_schema", "name": "x",
+        openai_client.responses.create(model=MODEL, input="hi", text={"format": {"type": "json_schema", "name": "x",
                                                                            "schema": {"type": "nonsense"}}})
     assert err.value.body["param"] == "text.format"
