@@ -2,9 +2,10 @@
 path, and the response object.
 
 A Responses request is a chat request in other words: `instructions` is a system message ahead of `input`
-(a text, which is one user message, or a list of message items), `max_output_tokens` is `max_tokens`. It
-runs as a `ChatCompletionRequest` through the same start as /v1/chat/completions, so sampling checks and
-errors are the chat route's. Nothing is stored: `store: true` and `previous_response_id` are 400s naming
+(a text, which is one user message, or a list of items: messages, earlier function calls and their outputs,
+responses_items.py), `max_output_tokens` is `max_tokens`, and function `tools` are chat's in a flat shape. It
+runs as a `ChatCompletionRequest` through the same start as /v1/chat/completions, so sampling checks, tool
+handling (tools.py) and errors are the chat route's. Nothing is stored: `store: true` and `previous_response_id` are 400s naming
 the field, and so is every other field this server cannot honour (`UNSUPPORTED`), never silently dropped.
 """
 from __future__ import annotations
@@ -15,34 +16,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import APIError, bad_request
+from .responses_items import (InputItem, InputMessage, ResponsesFunctionTool, ResponsesNamedToolChoice,
+                              chat_messages, chat_tool_choice, chat_tools, unsupported_input, unsupported_tool,
+                              unsupported_tool_choice)
 from .schemas import ChatCompletionRequest, ChatMessage, Count, Temperature, Text, TopP
-
-
-class InputText(BaseModel):
-    """A text part. `output_text` is what an earlier response's message item holds, sent back as history."""
-    type: Literal["input_text", "output_text"]
-    text: Text
-
-
-class InputMessage(BaseModel):
-    """A message item. Other item kinds (function calls and their outputs, references) are refused for now:
-    they arrive with tool calling, as further members of the `input` list's union."""
-    type: Literal["message"] = "message"
-    role: Literal["user", "system", "developer", "assistant"]
-    content: Text | list[InputText]
-    id: str | None = None  # an earlier response's item sent back: accepted, not needed
-    status: str | None = None
-
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # unknown fields: accepted, logged once per name (as chat)
 
     model: Text | None = Field(None, description="The served model's id; omitted means that one.")
-    input: Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[InputMessage], Field(min_length=1)] = Field(
-        ..., description="A text (one user message) or a list of message items.")
+    input: Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[InputItem], Field(min_length=1)] = Field(
+        ..., description="A text (one user message) or a list of items: messages, function_call and "
+                         "function_call_output.")
     instructions: Text | None = Field(None, description="A system message placed before the input.")
     max_output_tokens: Count | None = None
     temperature: Temperature | None = None
@@ -55,10 +41,13 @@ class ResponsesRequest(BaseModel):
     previous_response_id: Text | None = Field(None, description="Not supported: the server keeps no responses.")
     conversation: str | dict[str, Any] | None = Field(None, description="Not supported: the server keeps none.")
     prompt: dict[str, Any] | None = Field(None, description="Not supported: no stored prompt templates.")
-    tools: list[dict[str, Any]] | None = Field(None, description="Not yet supported (must be empty).")
-    tool_choice: str | dict[str, Any] | None = Field(None, description="Only 'auto' or 'none' (there are no tools).")
-    parallel_tool_calls: bool | None = None
-    max_tool_calls: int | None = Field(None, ge=1)
+    tools: Annotated[list[ResponsesFunctionTool], Field(max_length=128)] | None = Field(
+        None, description="Function tools (flat: type, name, description, parameters, strict).")
+    tool_choice: Literal["none", "auto", "required"] | ResponsesNamedToolChoice | None = Field(
+        None, description="Default: auto with tools. required and a named function ({'type': 'function', "
+                          "'name'}) are generated under the call's JSON-schema grammar.")
+    parallel_tool_calls: bool | None = Field(None, description="Default true: one or more calls; false: one.")
+    max_tool_calls: int | None = Field(None, ge=1, le=128, description="Calls past this many are dropped.")
     text: dict[str, Any] | None = Field(None, description="Only {'format': {'type': 'text'}}.")
     reasoning: dict[str, Any] | None = Field(None, description="Not supported (no reasoning models).")
     include: list[str] | None = Field(None, description="Not supported (must be empty).")
@@ -66,35 +55,26 @@ class ResponsesRequest(BaseModel):
     background: bool | None = Field(None, description="Only false.")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="Only 0.")
 
-    @field_validator("input", mode="before")
+    @field_validator("input", "tools", "tool_choice", mode="before")
     @classmethod
-    def _only_text_messages(cls, items):
-        """Name what is not supported yet, rather than a union's type errors: items other than messages
-        (function calls and their outputs arrive with tool calling) and parts other than text."""
-        for item in items if isinstance(items, list) else ():
-            if not isinstance(item, dict):
-                continue
-            if item.get("type", "message") != "message":
-                raise ValueError(f"input items of type {item['type']!r} are not supported yet (only messages)")
-            for part in item.get("content") if isinstance(item.get("content"), list) else ():
-                if isinstance(part, dict) and part.get("type") not in ("input_text", "output_text"):
-                    raise ValueError(f"content parts of type {part.get('type')!r} are not supported (only "
-                                     f"input_text and output_text)")
-        return items
+    def _name_what_is_not_supported(cls, value, info):
+        """Name an item, part or tool kind this server has no use for, rather than a union's type errors."""
+        check = {"input": unsupported_input, "tools": unsupported_tool, "tool_choice": unsupported_tool_choice}
+        why = check[info.field_name](value)
+        if why:
+            raise ValueError(why)
+        return value
 
 
 _FORMATS = ("text", "json_object", "json_schema")  # text.format types (the chat path's response_format)
-# field -> (is it asked for something this server cannot do?, why). One table, so a feature that lands (tool
-# calls, logprobs, structured outputs) is one row removed and its handling added where the chat path has it.
+# field -> (is it asked for something this server cannot do?, why). One table, so a feature that lands
+# (logprobs, say) is one row removed and its handling added where the chat path has it.
 UNSUPPORTED = {
     "store": (lambda b: b.store is True, "the server is stateless and keeps no responses; send store: false"),
     "previous_response_id": (lambda b: b.previous_response_id is not None,
                              "the server is stateless; send the earlier messages in 'input' instead"),
     "conversation": (lambda b: b.conversation is not None, "the server is stateless and keeps no conversations"),
     "prompt": (lambda b: b.prompt is not None, "the server keeps no prompt templates; send 'input'"),
-    "tools": (lambda b: bool(b.tools), "tools are not yet supported by /v1/responses"),
-    "tool_choice": (lambda b: b.tool_choice not in (None, "auto", "none"),
-                    "tool_choice needs tools, which are not yet supported"),
     "text": (lambda b: (b.text or {}).get("format", {"type": "text"}).get("type") not in _FORMATS,
              f"text.format.type must be one of {', '.join(_FORMATS)}"),
     "reasoning": (lambda b: bool(b.reasoning and any(v is not None for v in b.reasoning.values())),
@@ -116,10 +96,13 @@ def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
     """The chat request this Responses request stands for (values already validated with the same types)."""
     items = [InputMessage(role="user", content=body.input)] if isinstance(body.input, str) else body.input
     messages = [ChatMessage(role="system", content=body.instructions)] if body.instructions is not None else []
-    messages += [ChatMessage(role=item.role, content=item.text()) for item in items]
+    messages += chat_messages(items)
+    # one call at most: the grammar of a forced call stops after it (later ones are dropped otherwise)
+    parallel = False if body.max_tool_calls == 1 else body.parallel_tool_calls
     fields = {"model": body.model, "messages": messages, "max_tokens": body.max_output_tokens,
               "temperature": body.temperature, "top_p": body.top_p, "user": body.user,
-              "response_format": response_format(body.text)}
+              "response_format": response_format(body.text), "tools": chat_tools(body.tools),
+              "tool_choice": chat_tool_choice(body.tool_choice), "parallel_tool_calls": parallel}
     try:
         return ChatCompletionRequest(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as err:  # a check of the chat path's that the Responses fields do not make: still a 400
@@ -160,9 +143,10 @@ class ResponseDraft:
         self.id, self.item_id = f"resp_{suffix}", f"msg_{suffix}"
         self.model, self.body, self.created_at = model, body, int(time.time())
 
-    def message(self, text: str | None, status: str) -> dict:
-        content = [] if text is None else [output_text(text)]
-        return {"id": self.item_id, "type": "message", "role": "assistant", "status": status, "content": content}
+    def message(self, text: str | None, status: str, suffix: str = "") -> dict:
+        """A message item (`suffix` tells a later one's id from the first's); text None: an empty text part."""
+        return {"id": self.item_id + suffix, "type": "message", "role": "assistant", "status": status,
+                "content": [output_text(text or "")]}
 
     def response(self, status: str, output: list[dict], usage: dict | None = None,
                  finish_reason: str | None = None) -> dict:
@@ -177,14 +161,14 @@ class ResponseDraft:
             "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "store": False,
             # as sent: left out, the model's generation config chooses (the chat path's rule), not 1.0
             "temperature": b.temperature, "text": {"format": (b.text or {}).get("format") or {"type": "text"}},
-            "tool_choice": b.tool_choice or "auto", "tools": [], "top_p": b.top_p,
+            "tool_choice": _dumped(b.tool_choice) or "auto", "tools": [_dumped(t) for t in b.tools or ()],
+            "max_tool_calls": b.max_tool_calls, "top_p": b.top_p,
             "truncation": "disabled", "usage": usage, "user": b.user, "metadata": b.metadata or {},
         }
 
-    def finished(self, text: str, finish_reason: str, chat_usage: dict) -> dict:
-        """The final response: `completed`, or `incomplete` when it ran out of max_output_tokens."""
-        status = "incomplete" if finish_reason == "length" else "completed"
-        return self.response(status, [self.message(text, status)], usage(chat_usage), finish_reason)
+
+def _dumped(value):
+    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 def output_text(text: str) -> dict:

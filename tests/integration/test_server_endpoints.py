@@ -67,9 +67,9 @@ def test_streamed_response_sends_openais_events_in_order(client):
         == plain.usage.output_tokens
 
 
-def test_stateless_fields_and_tools_are_refused_by_name(client):
+def test_stateless_fields_and_hosted_tools_are_refused_by_name(client):
     for extra, param in (({"store": True}, "store"), ({"previous_response_id": "resp_1"}, "previous_response_id"),
-                         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools")):
+                         ({"tools": [{"type": "web_search"}]}, "tools")):  # hosted tools: none here
         with pytest.raises(openai.BadRequestError) as caught:
             client.responses.create(model=MODEL, input="hi", **extra)
         assert caught.value.status_code == 400 and caught.value.body["param"] == param

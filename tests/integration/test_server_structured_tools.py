@@ -1,7 +1,8 @@
 """Structured outputs and tool calls through the server with the official `openai` client, on the default
 model: `chat.completions.parse` with a pydantic model, json_object, vLLM's structured_outputs (choice,
 regex), 400s naming the field for constraints that do not compile, forced tool calls (required, named;
-plain and streamed) whose arguments validate, tool_choice none, and a conversation with a tool result."""
+plain and streamed) whose arguments validate, tool_choice none, and a conversation with a tool result; the
+same on /v1/responses (function_call items, their streamed events, a second turn with the call's output)."""
 from __future__ import annotations
 
 import json
@@ -139,4 +140,67 @@ def test_responses_text_format_json_schema(openai_client):
     with pytest.raises(openai.BadRequestError) as err:
         openai_client.responses.create(model=MODEL, input="hi", text={"format": {"type": "json_schema", "name": "x",
                                                                            "schema": {"type": "nonsense"}}})
+    assert err.value.body["param"] == "text.format"
+
+
+# /v1/responses: the same tools in the Responses API's flat shape, calls as function_call output items
+RESPONSES_TOOLS = [{"type": "function", **t["function"]} for t in TOOLS]
+
+
+def _item_arguments_valid(item) -> dict:
+    assert item.type == "function_call" and item.status == "completed" and item.call_id.startswith("call_")
+    schema = next(t["parameters"] for t in RESPONSES_TOOLS if t["name"] == item.name)
+    arguments = json.loads(item.arguments)
+    jsonschema.validate(arguments, schema)
+    return arguments
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "name": "get_time"}])
+def test_responses_forced_function_call_validates(openai_client, choice):
+    reply = openai_client.responses.create(model=MODEL, input=WEATHER_ASK[0]["content"], tools=RESPONSES_TOOLS,
+                                    tool_choice=choice, parallel_tool_calls=False, temperature=0,
+                                    max_output_tokens=64)
+    assert reply.status == "completed" and [item.type for item in reply.output] == ["function_call"]
+    _item_arguments_valid(reply.output[0])
+    if isinstance(choice, dict):
+        assert reply.output[0].name == "get_time"
+    assert reply.tools[0].name == "get_weather" and reply.output_text == ""
+
+
+def test_responses_streamed_function_call_equals_the_plain_one(openai_client):
+    fields = dict(model=MODEL, input=WEATHER_ASK[0]["content"], tools=RESPONSES_TOOLS, tool_choice="required",
+                  parallel_tool_calls=False, temperature=0, max_output_tokens=64)
+    plain = openai_client.responses.create(**fields).output[0]
+    events = list(openai_client.responses.create(stream=True, **fields))
+    assert [e.type for e in events] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    added, delta, done, item_done, completed = events[2:]
+    assert added.item.type == "function_call" and added.item.status == "in_progress" and added.item.arguments == ""
+    assert delta.item_id == done.item_id == added.item.id == item_done.item.id and delta.output_index == 0
+    assert delta.delta == done.arguments == item_done.item.arguments
+    assert item_done.item.name == plain.name and json.loads(done.arguments) == json.loads(plain.arguments)
+    assert completed.response.output[0].arguments == done.arguments
+    _item_arguments_valid(item_done.item)
+
+
+def test_responses_second_turn_with_the_call_and_its_output_gets_text(openai_client):
+    first = openai_client.responses.create(model=MODEL, input=WEATHER_ASK[0]["content"], tools=RESPONSES_TOOLS,
+                                    tool_choice={"type": "function", "name": "get_weather"},
+                                    parallel_tool_calls=False, temperature=0, max_output_tokens=64)
+    call = first.output[0]
+    history = [{"role": "user", "content": WEATHER_ASK[0]["content"]}, call.model_dump(exclude_none=True),
+               {"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature": 21}'}]
+    reply = openai_client.responses.create(model=MODEL, input=history, tools=RESPONSES_TOOLS, tool_choice="none",
+                                    temperature=0, max_output_tokens=32)
+    assert reply.status in ("completed", "incomplete") and reply.output_text
+    assert [item.type for item in reply.output] == ["message"]
+    bare = openai_client.responses.create(model=MODEL, input=WEATHER_ASK[0]["content"], tools=RESPONSES_TOOLS,
+                                   tool_choice="none", max_output_tokens=1)
+    assert reply.usage.input_tokens > bare.usage.input_tokens + 15  # the call and its result reached the prompt
+    with pytest.raises(openai.BadRequestError) as err:  # text.format and a forced call: chat's 400, in these words
+        openai_client.responses.create(model=MODEL, input="hi", tools=RESPONSES_TOOLS, tool_choice="required",
+                                text={"format": {"type": "json_object"}})
     assert err.value.body["param"] == "text.format"

@@ -14,6 +14,7 @@ from ..responses_api import ResponseDraft, ResponsesRequest, chat_request, in_re
 from ..responses_stream import ResponseEvents
 from ..schemas import ERROR_RESPONSES
 from ..streaming import SSEResponse
+from ..tools import tool_plan
 from .generate import (_close, _collect_unless_disconnected, note_extra_fields, start_generation,
                        template_messages)
 
@@ -34,33 +35,35 @@ async def create_response(body: ResponsesRequest, request: Request):
         raise bad_request(f"{services.llm.name} has no chat template; use /v1/completions.", param="input")
     chat = chat_request(body)
     try:
-        job = await start_generation(services, engine, template_messages(chat.messages), chat, "input", request)
+        plan = tool_plan(chat)  # the chat path's tools: described, forced under a grammar, parsed back
+        job = await start_generation(services, engine, template_messages(chat.messages, plan), chat, "input",
+                                     request, tools=plan)
     except APIError as err:
         raise in_responses_terms(err) from None
     model = services.llm.name
-    draft = ResponseDraft(job.id, model, body)
+    events = ResponseEvents(ResponseDraft(job.id, model, body), plan, body.max_tool_calls)
     if body.stream:
-        return SSEResponse(_events(job, ResponseEvents(draft)),
-                           on_close=lambda: _close(job, request, model, stream=True))
+        return SSEResponse(_events(job, events), on_close=lambda: _close(job, request, model, stream=True))
     try:
         text = await _collect_unless_disconnected(job, request)
     finally:
         await _close(job, request, model, stream=False)
-    return JSONResponse(draft.finished(text, job.finish_reason, job.usage()))
+    events.opening()
+    events.feed(text)
+    events.closing(job.finish_reason, job.usage())
+    return JSONResponse(events.result)
 
 
 async def _events(job, events: ResponseEvents):
     for opening in events.opening():
         yield opening
-    text = ""
     try:
         async for delta in job.stream():
-            if delta:
-                text += delta
-                yield events.delta(delta)
+            for event in events.feed(delta) if delta else ():
+                yield event
     except APIError as err:  # the 200 header has gone out: the error travels as events
-        for event in events.failure(err, text, job.usage()):
+        for event in events.failure(err, job.usage()):
             yield event
         return
-    for closing in events.closing(text, job.finish_reason, job.usage()):
+    for closing in events.closing(job.finish_reason, job.usage()):
         yield closing
