@@ -19,7 +19,7 @@ from .errors import APIError, bad_request
 from .responses_items import (InputItem, InputMessage, ResponsesFunctionTool, ResponsesNamedToolChoice,
                               chat_messages, chat_tool_choice, chat_tools, unsupported_input, unsupported_tool,
                               unsupported_tool_choice)
-from .schemas import ChatCompletionRequest, ChatMessage, Count, Temperature, Text, TopP
+from .schemas import ChatCompletionRequest, ChatMessage, Count, JSONObject, Temperature, Text, TopP
 
 
 class ResponsesRequest(BaseModel):
@@ -48,7 +48,8 @@ class ResponsesRequest(BaseModel):
                           "'name'}) are generated under the call's JSON-schema grammar.")
     parallel_tool_calls: bool | None = Field(None, description="Default true: one or more calls; false: one.")
     max_tool_calls: int | None = Field(None, ge=1, le=128, description="Calls past this many are dropped.")
-    text: dict[str, Any] | None = Field(None, description="Only {'format': {'type': 'text'}}.")
+    text: JSONObject | None = Field(None, description="{'format': {'type': 'text' | 'json_object' | "
+                                                       "'json_schema', 'name', 'schema', 'strict'}}.")
     reasoning: dict[str, Any] | None = Field(None, description="Not supported (no reasoning models).")
     include: list[str] | None = Field(None, description="Not supported (must be empty).")
     truncation: Literal["auto", "disabled"] | None = Field(None, description="Only 'disabled'.")

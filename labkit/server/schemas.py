@@ -29,6 +29,23 @@ def _valid_unicode(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]
+MAX_JSON_DEPTH = 64  # nesting of a JSON value (a schema, a tool's parameters): real schemas nest a few levels
+
+
+def _shallow(value):
+    """Refuse JSON nested past MAX_JSON_DEPTH here, counted without recursion: schemas are walked recursively
+    further on (the grammar compiler, the strict-schema rewrite), where a deep one would end in RecursionError."""
+    level = [(value, 0)]
+    while level:
+        item, depth = level.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"the value nests deeper than {MAX_JSON_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        level += [(child, depth + 1) for child in children if isinstance(child, (dict, list))]
+    return value
+
+
+JSONObject = Annotated[dict[str, Any], AfterValidator(_shallow)]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="0 is greedy; up to 2.")]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -78,14 +95,14 @@ class SamplingFields(BaseModel):
     min_tokens: int = Field(0, ge=0, le=INT64_MAX, description="The end-of-sequence token is masked until this many tokens.")
     skip_special_tokens: bool = Field(True, description="Leave special tokens out of the text (vLLM).")
     # Structured outputs (structured.py): OpenAI's response_format, or vLLM's structured_outputs (one of the two)
-    response_format: dict[str, Any] | None = Field(None, description="{'type': 'text' | 'json_object' | "
+    response_format: JSONObject | None = Field(None, description="{'type': 'text' | 'json_object' | "
                                                    "'json_schema', 'json_schema': {'name', 'schema', 'strict'}}: "
                                                    "the output follows it (enforced by a grammar).")
-    structured_outputs: dict[str, Any] | None = Field(None, description="vLLM's: exactly one of json, regex, "
+    structured_outputs: JSONObject | None = Field(None, description="vLLM's: exactly one of json, regex, "
                                                       "choice, grammar, json_object, structural_tag, with "
                                                       "disable_any_whitespace, whitespace_pattern.")
     # vLLM's names before 0.12, mapped onto structured_outputs
-    guided_json: dict[str, Any] | Text | None = None
+    guided_json: JSONObject | Text | None = None
     guided_regex: Text | None = None
     guided_choice: list[Text] | None = None
     guided_grammar: Text | None = None
@@ -126,7 +143,7 @@ class ToolCall(BaseModel):
 class FunctionDefinition(BaseModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     description: Text | None = None
-    parameters: dict[str, Any] | None = Field(None, description="A JSON schema of the arguments.")
+    parameters: JSONObject | None = Field(None, description="A JSON schema of the arguments.")
     strict: bool | None = None
 
 

@@ -72,3 +72,5 @@ async def compile_constraint(engine, params: StructuredOutputsParams, param: str
         await asyncio.to_thread(lambda: engine.engine.structured_output_manager().compile(params))
     except StructuredOutputError as err:
         raise bad_request(f"{param} does not compile: {err}", param=param) from None
+    except RecursionError:  # a schema sent as JSON text (guided_json, structured_outputs.json) nested too deep
+        raise bad_request(f"{param} does not compile: it nests too deeply.", param=param) from None
