@@ -64,7 +64,10 @@ class StructuredOutputsParams:
 
     def __post_init__(self) -> None:
         if isinstance(self.json, Mapping):
-            object.__setattr__(self, "json", jsonlib.dumps(self.json))
+            try:
+                object.__setattr__(self, "json", jsonlib.dumps(self.json))
+            except RecursionError:
+                raise StructuredOutputError("json", _describe("json", "nested too deeply")) from None
         if self.choice is not None:
             if isinstance(self.choice, str) or not all(isinstance(c, str) for c in self.choice) or not self.choice:
                 raise StructuredOutputError("choice", "choice must be a non-empty list of strings.")
@@ -205,6 +208,8 @@ class StructuredOutputManager:
             raise
         except (ValueError, TypeError, KeyError, AssertionError) as e:  # JSON text, GBNF or tag shape
             raise StructuredOutputError(kind, _describe(kind, str(e) or type(e).__name__)) from e
+        except RecursionError:  # a schema nested hundreds deep: refused here, whoever calls the engine
+            raise StructuredOutputError(kind, _describe(kind, "nested too deeply")) from None
 
     def fill_bitmask(self, matchers_by_row: Mapping[int, GrammarMatcher],
                      batch_size: int) -> torch.Tensor | None:

@@ -162,3 +162,16 @@ def test_gbnf_grammar_and_a_terminated_matcher_allows_only_eos(llm, manager):
     logits = torch.zeros(1, manager.vocab_size)
     manager.apply(logits, manager.fill_bitmask({0: matcher}, 1), [0])
     assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [llm.tokenizer.eos_token_id]
+
+
+def test_a_schema_nested_too_deeply_is_refused_not_a_crash(manager):
+    deep: dict = {"type": "string"}
+    for _ in range(5000):
+        deep = {"type": "object", "properties": {"x": deep}}
+    with pytest.raises(StructuredOutputError, match="nested too deeply"):
+        StructuredOutputsParams(json=deep)  # a dict: refused on creation
+    text = "{}"
+    for _ in range(1500):  # deeper than Python's recursion limit, within the size limit
+        text = '{"type": "object", "properties": {"x": ' + text + "}}"
+    with pytest.raises(StructuredOutputError, match="nested too deeply"):
+        manager.compile(StructuredOutputsParams(json=text))  # JSON text: refused when compiled
