@@ -73,8 +73,10 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise ValueError(f"{name} must lie in [-2, 2], got {getattr(self, name)}.")
-        if not (0 < self.repetition_penalty and math.isfinite(self.repetition_penalty)):
-            raise ValueError(f"repetition_penalty must be a finite number above 0, got {self.repetition_penalty}.")
+        # A factor far from 1 breaks float32 logits: 1e-137 rounds to 0, and -inf * 0 is NaN, which a grammar's
+        # mask cannot hold back (found by the server's fuzzing). A hundredfold either way is plenty.
+        if not 0.01 <= self.repetition_penalty <= 100:
+            raise ValueError(f"repetition_penalty must lie in [0.01, 100] (1 is off), got {self.repetition_penalty}.")
         if self.logit_bias and any(not (0 <= t <= INT64_MAX and math.isfinite(b)) for t, b in self.logit_bias.items()):
             raise ValueError("logit_bias maps token ids (0 or more) to finite numbers.")
         if self.max_tokens is not None and not 1 <= self.max_tokens <= INT64_MAX:

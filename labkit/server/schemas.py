@@ -85,7 +85,7 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
-    repetition_penalty: float | None = Field(None, gt=0.0, le=100.0, description="vLLM's: >1 discourages tokens "
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100.0, description="vLLM's: >1 discourages tokens "
                                              "of the prompt and the output. Default: generation_config.json's, else 1.")
     logit_bias: dict[Text, Bias] | None = Field(None, max_length=1024, description="Token id (as a string) -> "
                                                 "bias in [-100, 100] added to its logit.")

@@ -109,6 +109,7 @@ def test_penalties_logit_bias_min_p_and_stop_token_ids_are_honoured(openai_clien
     (dict(extra_body={"stop_token_ids": [10**6]}), "stop_token_ids"),
     (dict(extra_body={"top_k": -2}), "top_k"),
     (dict(extra_body={"repetition_penalty": 0}), "repetition_penalty"),
+    (dict(extra_body={"repetition_penalty": 1e-137}), "repetition_penalty"),
     (dict(extra_body={"min_p": 2}), "min_p"),
     (dict(prompt=["a"] * 40, n=2), "n"),
 ])

@@ -112,6 +112,7 @@ def test_seeds_cover_the_int64_range_and_siblings_get_their_own():
 
 
 @pytest.mark.parametrize("bad", [dict(min_p=1.5), dict(presence_penalty=3), dict(repetition_penalty=0),
+                                 dict(repetition_penalty=1e-137), dict(repetition_penalty=1000),
                                  dict(logit_bias={-1: 1.0}), dict(logit_bias={1: math.inf}), dict(logprobs=21),
                                  dict(prompt_logprobs=-1), dict(n=0), dict(seed=-2**63 - 1)])
 def test_sampling_params_refuse_bad_feature_values(bad):
