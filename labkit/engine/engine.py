@@ -25,7 +25,7 @@ from .output_processor import OutputProcessor
 from .outputs import RequestOutput
 from .request import Request
 from .sampler import Sampler
-from .structured_output import GrammarMatcher, StructuredOutputManager
+from .structured_output import StructuredOutputManager
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerOutput
 from .threads import ThreadGovernor
@@ -128,7 +128,9 @@ class LLMEngine:
             raise ValueError(f"stop_token_ids must lie in [0, {self.vocab_size}) for this model.")
         if params.logit_bias and max(params.logit_bias) >= self.vocab_size:
             raise ValueError(f"logit_bias keys must be token ids in [0, {self.vocab_size}) for this model.")
-        grammar = self._compile_grammar(params) if params.structured_outputs is not None else None
+        # A constraint that does not compile raises StructuredOutputError (a ValueError naming it) here.
+        grammar = None if params.structured_outputs is None else \
+            self.structured_output_manager().compile(params.structured_outputs)
         if params.n != 1:
             raise ValueError("An engine request is one completion (n = 1): LLM.generate and the server fan n > 1 "
                              "out into siblings (SamplingParams.child).")
@@ -150,10 +152,6 @@ class LLMEngine:
                 width = head.weight.shape[0] if head is not None else self.vocab_size
                 self.sampler.structured_outputs = StructuredOutputManager(self.tokenizer, width)
             return self.sampler.structured_outputs
-
-    def _compile_grammar(self, params: SamplingParams) -> GrammarMatcher:
-        """Raises StructuredOutputError (a ValueError naming the constraint) for one that does not compile."""
-        return self.structured_output_manager().compile(params.structured_outputs)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Cancel a request; its KV pages are free when this returns. None if it is unknown or already done."""
