@@ -3,8 +3,11 @@
 hf-sequential (HF generate, one request at a time), hf-static (HF generate over left-padded batches of 8),
 hf-continuous (transformers' own continuous batching, cache bounded like ours) and labkit; on request also
 vllm (vLLM's CPU build in a subprocess of its own venv, vllm_baseline.py). The machine's
-roofline (matmul FLOP/s in the dtype, memory copy GB/s) is measured in the same run, so labkit's model FLOP
-utilisation and weight-bandwidth utilisation come from numbers taken minutes apart, not from a datasheet.
+roofline (matmul FLOP/s in the dtype, memory copy GB/s, on the device the model runs on) is measured in the same
+run, so labkit's model FLOP utilisation and weight-bandwidth utilisation come from numbers taken minutes apart, not
+from a datasheet. The workload's MFU is the batched figure (up to 32 requests at once); one request alone, decoding
+BATCH1_TOKENS tokens, gives the batch-1 figure: weights read per second against the copy bandwidth, since a
+decode step at batch 1 reads every weight once and does little else.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from importlib import metadata
 import torch
 
 from ..config import EngineConfig
+from ..monitor.percentiles import percentile
 from ..openmp import restart_tuned
 from . import baselines, roofline, vllm_baseline
 from .engine_workload import WORKLOADS
@@ -28,6 +32,8 @@ from .engine_workload import WORKLOADS
 SYSTEMS = ("hf-sequential", "hf-static", "hf-continuous", "labkit")
 PREFIX_SYSTEMS = ("labkit-no-prefix-cache", "labkit")  # --workload shared-prefix: the cache off, then on
 OPTIONAL_SYSTEMS = ("vllm",)  # only when asked for: needs --vllm-python (`make vllm`)
+DEVICES = ("auto", "cpu", "cuda")
+BATCH1_TOKENS = 128  # llama-bench's tg128: long enough that the first token's prefill is a small part
 
 
 def machine() -> dict:
@@ -49,19 +55,14 @@ def machine() -> dict:
 
 def summarise(run: baselines.SystemRun, wanted: list[int]) -> dict:
     tokens = sum(r.output_tokens for r in run.requests)
-    latencies = sorted(r.latency_s for r in run.requests)
+    latencies = [r.latency_s for r in run.requests]
     exact = all(r.output_tokens == n for r, n in zip(run.requests, wanted))
     return {"output_tokens": tokens, "wall_s": round(run.wall_s, 3),
             "output_tokens_per_s": round(tokens / run.wall_s, 1),
-            "latency_p50_s": round(statistics.median(latencies), 3),
-            "latency_p99_s": round(_percentile(latencies, 0.99), 3),
+            "latency_p50_s": round(percentile(latencies, 0.5), 3),
+            "latency_p99_s": round(percentile(latencies, 0.99), 3),
             "ttft_mean_s": round(statistics.fmean(r.ttft_s for r in run.requests), 3),
             "tokens_as_requested": exact, "notes": run.notes}
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def run_labkit(loaded, prompts, lengths, config: EngineConfig) -> tuple[baselines.SystemRun, dict]:
@@ -77,13 +78,27 @@ def run_labkit(loaded, prompts, lengths, config: EngineConfig) -> tuple[baseline
         num_steps = llm.engine.num_steps - steps_before
         steps = [s for s in llm.steps if s.started >= started]  # the log's window: enough for the peak batch
         engine_stats = llm.stats()
+        alone = _batch1_decode(llm, min(prompts, key=len))
     timings = [baselines.RequestTiming(len(o.token_ids), o.metrics.ttft_s, o.metrics.e2e_latency_s) for o in outs]
     extra = {"steps": num_steps, "kv_cache_bytes": engine_stats["kv_memory_bytes"],
              "kv_peak_usage": round(engine_stats["kv_peak_usage"], 3), "preemptions": engine_stats["num_preemptions"],
              "peak_batch": max(len(s.requests) for s in steps),
              "cpu_threads_at_end": engine_stats.get("cpu_threads"),  # the thread governor's choice (CPU only)
-             "cpu_thread_changes": engine_stats.get("cpu_thread_changes", 0)}
+             "cpu_thread_changes": engine_stats.get("cpu_thread_changes", 0), **alone}
     return baselines.SystemRun(wall, timings, f"EngineConfig{_fields(config)}"), extra
+
+
+def _batch1_decode(llm, prompt: list[int]) -> dict:
+    """One request alone, BATCH1_TOKENS greedy tokens from a cold cache: its decode rate, the first token's
+    time (the prefill) left out."""
+    from ..engine import SamplingParams
+
+    llm.reset_prefix_cache()
+    params = SamplingParams(temperature=0, max_tokens=BATCH1_TOKENS, min_tokens=BATCH1_TOKENS, ignore_eos=True)
+    out = llm.generate([prompt], params, use_tqdm=False)[0]
+    decode_s = out.metrics.e2e_latency_s - out.metrics.ttft_s
+    return {"batch1_output_tokens": len(out.token_ids),
+            "batch1_decode_tokens_per_s": round((len(out.token_ids) - 1) / decode_s, 1)}
 
 
 def run_prefix_cache(loaded, prompts, lengths, config: EngineConfig) -> tuple[baselines.SystemRun, dict]:
@@ -120,14 +135,15 @@ def _fields(config: EngineConfig) -> str:
 
 def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed: int = 0, dtype: str = "bfloat16",
                  systems: tuple[str, ...] | None = None, config: EngineConfig | None = None, log=print,
-                 workload_name: str = "default", vllm_python: str | None = None) -> dict:
+                 workload_name: str = "default", vllm_python: str | None = None, device: str = "cpu") -> dict:
+    """`device`: where the model and the roofline run ("auto": CUDA when there is one)."""
     from ..models import load_model
 
     config = config or EngineConfig()
     systems = systems or (PREFIX_SYSTEMS if workload_name == "shared-prefix" else SYSTEMS)
     if "vllm" in systems:
         vllm_baseline.probe(vllm_python)  # fail in seconds, before the model loads, if vLLM cannot run
-    loaded = load_model(model, device="cpu", dtype=dtype, progress=False)
+    loaded = load_model(model, device=device, dtype=dtype, progress=False)
     if workload_name not in WORKLOADS:
         raise ValueError(f"Unknown workload {workload_name!r}; choose from {', '.join(WORKLOADS)}.")
     workload = WORKLOADS[workload_name](num_requests=requests, seed=seed)
@@ -138,7 +154,7 @@ def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed:
     lengths = list(lengths)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     log(f"workload: {requests} chat requests, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
-        f"outputs {sum(lengths)} tokens ({min(lengths)}-{max(lengths)} each), {loaded.name} {dtype}")
+        f"outputs {sum(lengths)} tokens ({min(lengths)}-{max(lengths)} each), {loaded.name} {dtype} on {loaded.device}")
     # Warm HF's generate too, so no system pays for first-call set-up inside its timing.
     baselines.hf_sequential(loaded.model, prompts[:1], [2], pad)
     results, extras = {}, {}  # extras: what a labkit run measures beyond the common summary
@@ -166,7 +182,7 @@ def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed:
         results[name] = {**summarise(run, lengths), **extras.get(name, {})}
         log(f"  {name}: {results[name]['output_tokens_per_s']} tok/s over {results[name]['wall_s']} s")
     log("measuring the roofline ...")
-    ceiling = roofline.measure(loaded.dtype)
+    ceiling = roofline.measure(loaded.dtype, loaded.device)
     report = {"machine": {**machine(), **ceiling}, "model": loaded.summary(),
               "workload": {**workload.describe(), "prompt_tokens": sum(map(len, prompts)),
                            "output_tokens": sum(lengths)},
@@ -187,15 +203,19 @@ def bench_engine(model: str = "smollm2-135m-instruct", requests: int = 32, seed:
 
 def _utilisation(loaded, ours: dict, extra: dict, prompt_tokens: int, ceiling: dict) -> dict:
     """Model FLOPs (2 per parameter per token: prompt tokens skip the LM head) over the wall time, against the
-    matmul peak; and weight bytes read (once per step) per second, against memory copy bandwidth."""
+    matmul peak; and weight bytes read (once per step) per second, against memory copy bandwidth, for the
+    workload and for the batch-1 decode (one step per token)."""
     head = loaded.model.get_output_embeddings()
     head_params = head.weight.numel() if head is not None else 0
     flops = 2 * loaded.num_parameters * ours["output_tokens"] + 2 * (loaded.num_parameters - head_params) * prompt_tokens
     achieved = flops / ours["wall_s"] / 1e9
     weight_gbps = loaded.weight_bytes * extra["steps"] / ours["wall_s"] / 1e9
+    batch1_gbps = loaded.weight_bytes * extra["batch1_decode_tokens_per_s"] / 1e9
     return {"achieved_gflops": round(achieved, 1), "mfu": round(achieved / ceiling["matmul_gflops"], 4),
             "weight_read_gbps": round(weight_gbps, 1),
-            "weight_bandwidth_utilisation": round(weight_gbps / ceiling["memory_copy_gbps"], 4)}
+            "weight_bandwidth_utilisation": round(weight_gbps / ceiling["memory_copy_gbps"], 4),
+            "batch1_weight_read_gbps": round(batch1_gbps, 1),
+            "batch1_weight_bandwidth_utilisation": round(batch1_gbps / ceiling["memory_copy_gbps"], 4)}
 
 
 def format_report(report: dict) -> str:
@@ -205,8 +225,9 @@ def format_report(report: dict) -> str:
                     f"{r['latency_p99_s']:>8.2f}{r['ttft_mean_s']:>8.2f}  {r['output_tokens']}"
                     f"{'' if r['tokens_as_requested'] else '  (NOT as requested)'}")
     m = report["machine"]
+    where = m["gpu"] if "gpu" in m else f"{m['threads']} threads; {m['cpu']}"
     rows.append(f"roofline: matmul {m['matmul_gflops']} GFLOP/s ({m['matmul_dtype']}), memory copy "
-                f"{m['memory_copy_gbps']} GB/s, {m['threads']} threads; {m['cpu']}")
+                f"{m['memory_copy_gbps']} GB/s, {where}")
     prefix = {n: r for n, r in report["systems"].items() if "ttft_alone_after_first_mean_s" in r}
     for name, r in prefix.items():
         rows.append(f"{name}: each request alone, TTFT of the first {r['ttft_alone_first_s'] * 1000:.1f} ms, of the "
@@ -218,8 +239,12 @@ def format_report(report: dict) -> str:
     elif "labkit" in report["systems"]:
         ours = report["systems"]["labkit"]
         rows.append("labkit: " + ", ".join(f"{k.removeprefix('labkit_vs_')} x{v}" for k, v in report["ratios"].items())
-                    + f"; {ours['achieved_gflops']} GFLOP/s = MFU {ours['mfu']:.1%}; weights read at "
+                    + f"; {ours['achieved_gflops']} GFLOP/s = MFU {ours['mfu']:.1%} (up to {ours['peak_batch']} "
+                    f"requests at once); weights read at "
                     f"{ours['weight_read_gbps']} GB/s = {ours['weight_bandwidth_utilisation']:.1%} of copy bandwidth")
+        rows.append(f"labkit at batch 1: {ours['batch1_decode_tokens_per_s']} tok/s decoding "
+                    f"{ours['batch1_output_tokens']} tokens; weights read at {ours['batch1_weight_read_gbps']} GB/s = "
+                    f"{ours['batch1_weight_bandwidth_utilisation']:.1%} of copy bandwidth")
     return "\n".join(rows)
 
 
@@ -231,7 +256,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> None:
     systems = tuple(args.systems.split(",")) if args.systems else None
     report = bench_engine(args.model, args.requests, args.seed, args.dtype, systems, config,
                           log=lambda line: print(line, file=sys.stderr), workload_name=args.workload,
-                          vllm_python=args.vllm_python)
+                          vllm_python=args.vllm_python, device=args.device)
     print(format_report(report))
     if args.json:
         with open(args.json, "w") as out:
@@ -252,6 +277,9 @@ def add_engine_bench_command(bench_commands) -> None:
     engine.add_argument("--requests", type=int, default=32, help="number of requests (default 32)")
     engine.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
     engine.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights dtype")
+    engine.add_argument("--device", default="cpu", choices=DEVICES,
+                        help="where the model and the roofline run (default cpu; auto: CUDA when there is one). On "
+                             "CUDA, --systems labkit,hf-continuous skips the slow HF baselines")
     engine.add_argument("--systems", default=None, help=f"comma-separated subset of {','.join(SYSTEMS)}, plus vllm "
                                                         "(needs --vllm-python)")
     engine.add_argument("--vllm-python", metavar="PATH", default=None,

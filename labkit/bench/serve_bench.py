@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from ..monitor.percentiles import percentile
+
 PROMPTS = (
     "Explain what a hash table is.", "Write a short poem about the sea.", "What causes the seasons on Earth?",
     "Give three tips for learning a new language.", "Describe how a bicycle works.",
@@ -133,19 +135,9 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
     return result
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def _stats(prefix: str, values: list[float]) -> dict:
     return {f"{prefix}_mean_s": sum(values) / len(values) if values else None,
-            f"{prefix}_p50_s": _percentile(values, 0.5), f"{prefix}_p99_s": _percentile(values, 0.99)}
+            f"{prefix}_p50_s": percentile(values, 0.5), f"{prefix}_p99_s": percentile(values, 0.99)}
 
 
 def _parses(text: str) -> bool:

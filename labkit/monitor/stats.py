@@ -6,7 +6,6 @@ when someone reads a `snapshot()`, about once a second, never on the engine's th
 """
 from __future__ import annotations
 
-import math
 import statistics
 import threading
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .devices import MemoryReading
 from .events import Event, EventBus, QueueDepth, ReplicaCount, RequestFinished, StepStats, now
+from .percentiles import percentile
 
 MAX_WINDOW_ENTRIES = 200_000  # a hard bound on memory whatever the traffic
 
@@ -33,17 +33,9 @@ class Summary:
     def of(cls, values: list[float]) -> Summary:
         if not values:
             return cls()
-        ordered = sorted(values)
+        ordered = sorted(values)  # once: percentile's own sort of sorted input is a linear pass
         return cls(len(ordered), statistics.fmean(ordered), percentile(ordered, 0.50), percentile(ordered, 0.95),
                    percentile(ordered, 0.99))
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default) over sorted values."""
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import httpx
 
 from ..config import RouterConfig
 from ..monitor.events import EventBus
+from ..monitor.percentiles import percentile
 from ..monitor.metrics import CONTENT_TYPE, Counter, Gauge, Registry
 from ..server.errors import APIError
 from ..server.hardening import BodyTimeout, read_body_within
@@ -90,8 +91,7 @@ class Router:
 
     def p99_latency(self, window_s: float = 10.0, now: float | None = None) -> float | None:
         now = time.monotonic() if now is None else now
-        recent = sorted(s for t, s in list(self.latencies) if t >= now - window_s)
-        return recent[min(len(recent) - 1, int(0.99 * len(recent)))] if recent else None
+        return percentile((s for t, s in list(self.latencies) if t >= now - window_s), 0.99)
 
     # -- draining ------------------------------------------------------------------------------------
     async def drain(self, grace_s: float | None = None) -> None:

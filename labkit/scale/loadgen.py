@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from ..monitor.percentiles import percentile
+
 PATTERNS = ("constant", "poisson", "ramp", "step", "burst")
 
 
@@ -89,11 +91,6 @@ class RequestResult:
         return self.status == 200 and self.error is None
 
 
-def _quantile(values: Sequence[float], q: float) -> float | None:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
-
-
 class LoadResult:
     def __init__(self, url: str, results: list[RequestResult], wall_s: float):
         self.url, self.results, self.wall_s = url, sorted(results, key=lambda r: r.index), wall_s
@@ -105,8 +102,8 @@ class LoadResult:
         latencies = [r.latency_s for r in ok]
         return {"requests": len(results), "ok": len(ok), "errors": len(results) - len(ok),
                 "statuses": dict(Counter(r.status for r in results)),
-                "latency_p50_s": _quantile(latencies, 0.5), "latency_p99_s": _quantile(latencies, 0.99),
-                "ttft_p50_s": _quantile([r.ttft_s for r in ok if r.ttft_s is not None], 0.5),
+                "latency_p50_s": percentile(latencies, 0.5), "latency_p99_s": percentile(latencies, 0.99),
+                "ttft_p50_s": percentile([r.ttft_s for r in ok if r.ttft_s is not None], 0.5),
                 "requests_per_s": len(ok) / self.wall_s if self.wall_s else 0.0,
                 "per_replica": dict(sorted(Counter(r.replica for r in ok if r.replica).items()))}
 
