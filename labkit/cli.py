@@ -169,6 +169,22 @@ def add_monitor_commands(commands, bench_commands) -> None:
     add_monitor_bench_command(bench_commands)
 
 
+def add_slo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Goodput's service-level objectives, the same flags on serve, up and bench serve (labkit/monitor/slo.py)."""
+    parser.add_argument("--slo-ttft-ms", type=positive_float, default=None, metavar="MS",
+                        help="goodput SLO on time to first token")
+    parser.add_argument("--slo-itl-ms", type=positive_float, default=None, metavar="MS",
+                        help="goodput SLO on each request's mean inter-token latency")
+    parser.add_argument("--slo-e2e-ms", type=positive_float, default=None, metavar="MS",
+                        help="goodput SLO on end-to-end latency")
+
+
+def slo_from(args: argparse.Namespace):
+    from .monitor.slo import SLO
+
+    return SLO(ttft_ms=args.slo_ttft_ms, itl_ms=args.slo_itl_ms, e2e_ms=args.slo_e2e_ms)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
@@ -185,7 +201,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           request_timeout_s=args.timeout, max_body_bytes=args.max_body_bytes,
                           access_log=args.access_log, embed_max_batch_size=args.embed_max_batch_size,
                           embed_max_queue_delay_ms=args.embed_max_queue_delay_ms,
-                          shutdown_grace_s=args.drain_timeout, allowed_hosts=tuple(args.allowed_hosts))
+                          shutdown_grace_s=args.drain_timeout, allowed_hosts=tuple(args.allowed_hosts),
+                          slo=slo_from(args))
     if args.optimize is not None:  # refuse before a long load and conversion, not after
         from .optimize import OPTIMIZERS, OUTSIDE_ENGINE
 
@@ -293,6 +310,7 @@ def add_serve_commands(commands, bench_commands) -> None:
                             "default only loopback names and the bound address are answered, which stops web "
                             "pages from reaching the server through DNS rebinding")
     serve.add_argument("--access-log", metavar="PATH", default=None, help="JSON-lines access log ('-' for stdout)")
+    add_slo_arguments(serve)
     serve.add_argument("--embed-max-batch-size", type=positive_int, default=32,
                        help="dynamic batcher: most texts per encoder call (default 32)")
     serve.add_argument("--embed-max-queue-delay-ms", type=float, default=5.0,
@@ -317,9 +335,7 @@ def add_serve_commands(commands, bench_commands) -> None:
     load.add_argument("--api-key", default=None, help="bearer key, if the server wants one")
     load.add_argument("--name", default=None, help="system name in the report (default: detected)")
     load.add_argument("--warmup", type=int, default=1, help="untimed requests first (default 1)")
-    load.add_argument("--slo-ttft-ms", type=float, default=None, help="goodput SLO on time to first token")
-    load.add_argument("--slo-itl-ms", type=float, default=None, help="goodput SLO on mean inter-token latency")
-    load.add_argument("--slo-e2e-ms", type=float, default=None, help="goodput SLO on end-to-end latency")
+    add_slo_arguments(load)
     load.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here (an existing "
                                                                    "file of the same workload gains this system)")
     load.set_defaults(run=cmd_bench_serve)
@@ -363,6 +379,10 @@ def cmd_up(args: argparse.Namespace) -> None:
     serve_args = ["--device", args.device, "--dtype", args.dtype]
     if args.max_num_seqs:
         serve_args += ["--max-num-seqs", str(args.max_num_seqs)]
+    for flag, value in (("--slo-ttft-ms", args.slo_ttft_ms), ("--slo-itl-ms", args.slo_itl_ms),
+                        ("--slo-e2e-ms", args.slo_e2e_ms)):
+        if value is not None:
+            serve_args += [flag, repr(value)]
     if args.backend == "ray" and importlib.util.find_spec("ray") is None:
         raise OSError("--backend ray needs ray[serve], the optional 'ray' extra: pip install -e '.[ray]'")
     stop = threading.Event()
@@ -445,6 +465,7 @@ def add_up_command(commands) -> None:
     up.add_argument("--downscale-delay", type=non_negative_float, default=ScaleConfig.downscale_delay_s,
                     help=f"autoscale: seconds of low demand before removing (default {ScaleConfig.downscale_delay_s:g})")
     up.add_argument("--slo-p99", type=float, default=None, help="autoscale: p99 latency SLO in seconds (optional)")
+    add_slo_arguments(up)
     up.add_argument("--threads-per-replica", type=positive_int, default=None,
                     help="torch threads per replica (default: the cores split evenly)")
     up.add_argument("--max-num-seqs", type=positive_int, default=None, help="each replica's running batch size")

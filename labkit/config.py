@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .monitor.slo import SLO
+
 
 def cache_dir() -> Path:
     """Where converted models live: `$LABKIT_CACHE`, else `~/.cache/labkit`."""
@@ -81,6 +83,7 @@ class ServerConfig:
     embed_max_batch_size: int = 32  # dynamic batcher for /v1/embeddings: most texts per encoder call
     embed_max_queue_delay_ms: float = 5.0  # how long the first text waits for others to join its batch
     access_log: str | None = None  # path of a JSON-lines access log ("-" for stdout); None turns it off
+    slo: SLO = SLO()  # latency targets finished requests are judged against (goodput in /metrics)
 
     def __post_init__(self) -> None:
         checks = {"max_waiting": self.max_waiting >= 0, "max_body_bytes": self.max_body_bytes >= 1,

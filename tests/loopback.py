@@ -40,7 +40,7 @@ def metric(text: str, series: str) -> float:
     from labkit.monitor import scrape
 
     name, _, labels = series.partition("{")
-    wanted = set(scrape.parse(f"x{{{labels}}} 0").get("x", {(): 0}).popitem()[0]) if labels else set()
+    wanted = set(scrape.parse(f"x{{{labels.rstrip('}')}}} 0")["x"].popitem()[0]) if labels else set()
     return sum(v for pairs, v in scrape.parse(text).get(name, {}).items() if wanted <= set(pairs))
 
 

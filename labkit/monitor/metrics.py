@@ -1,262 +1,162 @@
-"""A small, dependency-free Prometheus exposition: counters, gauges and histograms with labels.
+"""The serving metrics of DESIGN.md on prometheus_client, one `CollectorRegistry` per app (no global state).
 
-Names follow DESIGN.md (`labkit:` prefix, after vLLM's). `ServingMetrics` is fed by the monitor's event bus
-(finished requests, engine steps, replica counts); `render()` writes the text format (version 0.0.4) that
-Prometheus scrapes.
-Thread-safe: the engine's thread and the event loop may both record.
+Names follow vLLM's with the `labkit:` prefix, and every engine series carries vLLM's `model_name` label.
+Every `_perc` gauge is a fraction from 0 to 1 (vLLM's convention for `kv_cache_usage_perc`).
+`ServingMetrics` is fed by the monitor's event bus (finished requests, engine steps); `FleetMetrics` is the
+router's (replicas, scale decisions, forwarding). Both render the text format Prometheus scrapes.
 """
 from __future__ import annotations
 
 import math
-import threading
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import GaugeMetricFamily
+
+from .slo import PHASES, SLO
+
+# The classic text format: Prometheus 2.x (Debian's) and every scraper read it.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # Latency buckets in seconds: fine below 100 ms (inter-token), coarse up to minutes (end-to-end on CPU).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
                    1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0)
-
-LabelValues = tuple[str, ...]
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def _labels(names: tuple[str, ...], values: LabelValues, extra: str = "") -> str:
-    pairs = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
-    if extra:
-        pairs.append(extra)
-    return "{" + ",".join(pairs) + "}" if pairs else ""
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = ()):
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: dict[str, str]) -> LabelValues:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.documentation}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name, documentation, labelnames=()):
-        super().__init__(name, documentation, labelnames)
-        self._values: dict[LabelValues, float] = {} if self.labelnames else {(): 0.0}
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in items]
-
-
-class Gauge(_Metric):
-    """A value set directly, or read from `source` at scrape time (queue lengths, KV usage, memory).
-    `initial=None` renders no sample until the first `set` (a family declared before anyone feeds it)."""
-
-    kind = "gauge"
-
-    def __init__(self, name, documentation, source: Callable[[], float] | None = None, initial: float | None = 0.0):
-        super().__init__(name, documentation)
-        self._value = initial
-        self._source = source
-
-    def set(self, value: float) -> None:
-        self._value = float(value)
-
-    def value(self) -> float | None:
-        if self._source is not None:
-            try:
-                return float(self._source())
-            except Exception:  # a probe that fails at scrape time must not break the scrape
-                return math.nan
-        return self._value
-
-    def samples(self) -> list[str]:
-        value = self.value()
-        if value is None:
-            return []
-        return [f"{self.name} {'NaN' if math.isnan(value) else _number(value)}"]
-
-
-class LabelledGauge(_Metric):
-    """Gauges with labels read together at scrape time: `source()` returns {label values: value}
-    (one sample per GPU, say). No samples is a valid answer: the family is still declared."""
-
-    kind = "gauge"
-
-    def __init__(self, name, documentation, labelnames: Iterable[str], source: Callable[[], dict]):
-        super().__init__(name, documentation, labelnames)
-        self._source = source
-
-    def samples(self) -> list[str]:
-        try:
-            values = self._source()
-        except Exception:
-            return []
-        return [f"{self.name}{_labels(self.labelnames, tuple(map(str, key)))} {_number(float(v))}"
-                for key, v in sorted(values.items())]
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name, documentation, buckets: Iterable[float] = LATENCY_BUCKETS):
-        super().__init__(name, documentation)
-        self.buckets = tuple(sorted(buckets))
-        self._counts = [0] * (len(self.buckets) + 1)  # the last slot is +Inf
-        self._sum = 0.0
-        self._count = 0
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            self._counts[bisect_left(self.buckets, value)] += 1
-            self._sum += value
-            self._count += 1
-
-    @property
-    def count(self) -> int:
-        return self._count
-
-    @property
-    def sum(self) -> float:
-        return self._sum
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            counts, total, count = list(self._counts), self._sum, self._count
-        lines, running = [], 0
-        for bound, n in zip((*self.buckets, math.inf), counts):
-            running += n
-            lines.append(f'{self.name}_bucket{{le="{_number(bound)}"}} {running}')
-        lines += [f"{self.name}_sum {_number(total)}", f"{self.name}_count {count}"]
-        return lines
-
-
-class Registry:
-    """An ordered set of metrics rendered together."""
-
-    def __init__(self):
-        self._metrics: dict[str, _Metric] = {}
-
-    def add(self, metric: _Metric):
-        if metric.name in self._metrics:
-            raise ValueError(f"metric {metric.name} is already registered")
-        self._metrics[metric.name] = metric
-        return metric
-
-    def get(self, name: str) -> _Metric:
-        return self._metrics[name]
-
-    def names(self) -> list[str]:
-        return list(self._metrics)
-
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in self._metrics.values():
-            lines += metric.header() + metric.samples()
-        return "\n".join(lines) + "\n"
-
-
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STEP_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+EMBED_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MODEL = ("model_name",)
+
+
+def render(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()
+
+
+def series_names(registry: CollectorRegistry) -> set[str]:
+    """Every sample name `registry` can expose, whether or not it has samples yet (histograms as _bucket, _sum
+    and _count, counters with _total): what a Grafana query or an alert may name."""
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+    return {family.name + suffix for family in registry.collect()
+            for suffix in suffixes.get(family.type, ("",))}
+
+
+def _never_raises(read: Callable[[], float]) -> Callable[[], float]:
+    """A probe that fails at scrape time gives NaN instead of breaking the whole scrape."""
+    def safe() -> float:
+        try:
+            return float(read())
+        except Exception:
+            return math.nan
+    return safe
+
+
+class _ReadAtScrape:
+    """A gauge family with labels read together at scrape time: `read()` returns {label values: value} (one
+    sample per GPU, say). No samples is a valid answer: the family is still declared."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], read: Callable[[], dict]):
+        self.name, self.documentation, self.labelnames, self.read = name, documentation, labelnames, read
+
+    def collect(self):
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        try:
+            values = self.read()
+        except Exception:
+            values = {}
+        for key, value in sorted(values.items()):
+            family.add_metric([str(k) for k in key], float(value))
+        yield family
 
 
 class ServingMetrics:
-    """The serving metrics of DESIGN.md in one registry, fed by an event bus (`bus=` or `attach(bus)`):
-    finished requests fill the counters and latency histograms, engine steps the batch histograms and the
-    queue/KV gauges, replica counts and scale decisions the fleet gauges. Gauges given a callable
-    (`running=`, `waiting=`, `kv_usage=`) read it at scrape time instead: exact even when the engine idles.
-    Device gauges read NVML at scrape time; without NVML the GPU families are declared with no samples and
-    the CPU fallback (process RSS, machine CPU utilisation) carries the memory story."""
+    """The serving metrics of one server (or one engine in a notebook), fed by an event bus (`bus=` or
+    `attach(bus)`): finished requests fill the counters and latency histograms, engine steps the batch
+    histograms and the queue/KV gauges. Gauges given a callable (`running=`, `waiting=`, `kv_usage=`) read it
+    at scrape time instead: exact even when the engine idles. With `slo`, each finished request is judged:
+    `labkit:goodput_requests_total` counts those that met every SLO, `labkit:slo_missed_requests_total{phase}`
+    the others by the phase that broke them (without SLOs every finished request is good).
+    Device gauges read NVML at scrape time; without NVML the GPU families are declared with no samples and the
+    CPU fallback (process RSS, machine CPU utilisation) carries the memory story."""
 
-    def __init__(self, bus=None, *, running: Callable[[], float] | None = None,
-                 waiting: Callable[[], float] | None = None, kv_usage: Callable[[], float] | None = None):
+    def __init__(self, bus=None, *, model_name: str = "labkit", encoder_name: str | None = None,
+                 running: Callable[[], float] | None = None, waiting: Callable[[], float] | None = None,
+                 kv_usage: Callable[[], float] | None = None, slo: SLO = SLO()):
         from .devices import DeviceProbe, gpu_readings
 
+        self.model_name, self.slo = model_name, slo
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        m = {"model_name": model_name}
+        gauges = {}
+        for key, name, doc, read in (
+                ("running", "labkit:num_requests_running", "Requests in the running batch.", running),
+                ("waiting", "labkit:num_requests_waiting", "Requests waiting to be scheduled.", waiting),
+                ("kv", "labkit:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0 to 1).", kv_usage)):
+            gauges[key] = Gauge(name, doc, MODEL, registry=r).labels(**m)
+            if read is not None:
+                gauges[key].set_function(_never_raises(read))
+        self.running, self.waiting, self.kv_usage = gauges["running"], gauges["waiting"], gauges["kv"]
+        self._live = {key: read is not None for key, read in (("running", running), ("waiting", waiting),
+                                                              ("kv", kv_usage))}
+
+        def counter(name, doc, labels=()):
+            return Counter(name, doc, (*MODEL, *labels), registry=r)
+
+        def histogram(name, doc, buckets=LATENCY_BUCKETS):
+            return Histogram(name, doc, MODEL, buckets=buckets, registry=r).labels(**m)
+
+        self.prompt_tokens = counter("labkit:prompt_tokens_total", "Prompt tokens processed.").labels(**m)
+        self.generation_tokens = counter("labkit:generation_tokens_total", "Tokens generated.").labels(**m)
+        self.prefix_queries = counter("labkit:prefix_cache_queries_total",
+                                      "Prompt tokens looked up in the prefix cache.").labels(**m)
+        self.prefix_hits = counter("labkit:prefix_cache_hits_total", "Prompt tokens found in the prefix cache "
+                                   "(their keys and values were not computed again).").labels(**m)
+        self._success = counter("labkit:request_success_total", "Finished requests by finish reason.",
+                                ("finished_reason",))
+        self._errors = counter("labkit:request_errors_total", "Requests answered with an HTTP error.", ("status",))
+        self.goodput = counter("labkit:goodput_requests_total", "Finished requests that met every SLO (every "
+                               "finished request when no SLO is set); cancelled ones are not judged.").labels(**m)
+        missed = counter("labkit:slo_missed_requests_total", "Finished requests that missed an SLO, by the phase "
+                         "that broke it: queue (waiting), prefill (computing the prompt) or decode (generating).",
+                         ("phase",))
+        self.missed = {phase: missed.labels(phase=phase, **m) for phase in PHASES}
+        targets = Gauge("labkit:slo_target_seconds", "The SLOs this server judges requests against (seconds; "
+                        "itl applies to each request's mean inter-token latency).", (*MODEL, "slo"), registry=r)
+        for slo_name, seconds in slo.targets_s().items():
+            targets.labels(slo=slo_name, **m).set(seconds)
+        self.ttft = histogram("labkit:time_to_first_token_seconds", "Time to first token.")
+        self.itl = histogram("labkit:inter_token_latency_seconds", "Time between consecutive tokens.")
+        self.e2e = histogram("labkit:e2e_request_latency_seconds", "End-to-end request latency.")
+        self.queue = histogram("labkit:request_queue_time_seconds", "Time spent waiting to be scheduled.")
+        self.batch_size = histogram("labkit:batch_size", "Requests per engine step.", BATCH_BUCKETS)
+        self.step_tokens = histogram("labkit:iteration_tokens_total", "Tokens (prompt and decode) per engine step.",
+                                     STEP_TOKEN_BUCKETS)
+        self._embed_batch = Histogram("labkit:embedding_batch_size", "Texts per encoder call of the dynamic "
+                                      "batcher.", MODEL, buckets=EMBED_BATCH_BUCKETS, registry=r)
+        self.encoder_name = encoder_name or model_name
         probe = DeviceProbe()
-        r = self.registry = Registry()
-        self.running = r.add(Gauge("labkit:num_requests_running", "Requests in the running batch.", running))
-        self.waiting = r.add(Gauge("labkit:num_requests_waiting", "Requests waiting to be scheduled.", waiting))
-        self.kv_usage = r.add(Gauge("labkit:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0 to 1).",
-                                    kv_usage))
-        self.prompt_tokens = r.add(Counter("labkit:prompt_tokens_total", "Prompt tokens processed."))
-        self.generation_tokens = r.add(Counter("labkit:generation_tokens_total", "Tokens generated."))
-        self.prefix_queries = r.add(Counter("labkit:prefix_cache_queries_total", "Prompt tokens looked up in the "
-                                            "prefix cache."))
-        self.prefix_hits = r.add(Counter("labkit:prefix_cache_hits_total", "Prompt tokens found in the prefix "
-                                         "cache (their keys and values were not computed again)."))
-        self.success = r.add(Counter("labkit:request_success_total", "Finished requests by finish reason.",
-                                     ("finished_reason",)))
-        self.errors = r.add(Counter("labkit:request_errors_total", "Requests answered with an HTTP error.",
-                                    ("status",)))
-        self.ttft = r.add(Histogram("labkit:time_to_first_token_seconds", "Time to first token."))
-        self.itl = r.add(Histogram("labkit:inter_token_latency_seconds", "Time between consecutive tokens."))
-        self.e2e = r.add(Histogram("labkit:e2e_request_latency_seconds", "End-to-end request latency."))
-        self.queue = r.add(Histogram("labkit:request_queue_time_seconds", "Time spent waiting to be scheduled."))
-        self.batch_size = r.add(Histogram("labkit:batch_size", "Requests per engine step.", buckets=BATCH_BUCKETS))
-        self.step_tokens = r.add(Histogram("labkit:iteration_tokens_total", "Tokens (prompt and decode) per "
-                                           "engine step.", buckets=STEP_TOKEN_BUCKETS))
-        self.embed_batch = r.add(Histogram("labkit:embedding_batch_size", "Texts per encoder call of the dynamic "
-                                           "batcher.", buckets=(1, 2, 4, 8, 16, 32, 64, 128)))
-        r.add(LabelledGauge("labkit:gpu_utilization_perc", "GPU utilisation (0 to 100), per device (NVML).",
-                            ("gpu",), lambda: {(g.index,): g.utilization_perc for g in gpu_readings()}))
-        r.add(LabelledGauge("labkit:gpu_memory_used_bytes", "GPU memory in use, per device (NVML).", ("gpu",),
-                            lambda: {(g.index,): g.memory_used_bytes for g in gpu_readings()}))
-        r.add(LabelledGauge("labkit:gpu_memory_total_bytes", "GPU memory in all, per device (NVML).", ("gpu",),
-                            lambda: {(g.index,): g.memory_total_bytes for g in gpu_readings()}))
-        r.add(Gauge("labkit:process_resident_memory_bytes", "Resident memory of this process.",
-                    probe.process_resident_bytes))
-        r.add(Gauge("labkit:cpu_utilization_perc", "Machine CPU utilisation since the last scrape (0 to 100).",
-                    probe.cpu_utilization_perc))
-        self.replicas = r.add(Gauge("labkit:replicas", "Healthy replicas serving (router/autoscaler).",
-                                    initial=None))
-        self.replicas_desired = r.add(Gauge("labkit:replicas_desired", "Replicas the autoscaler wants.",
-                                            initial=None))
-        self.scale_decisions = r.add(Counter("labkit:scale_decisions_total", "Autoscaler decisions that changed "
-                                             "the replica count, by direction.", ("direction",)))
-        self._live = {"running": running is not None, "waiting": waiting is not None, "kv": kv_usage is not None}
+        for name, doc, field in (
+                ("labkit:gpu_utilization_perc", "GPU utilisation (0 to 1), per device (NVML).", "utilization_perc"),
+                ("labkit:gpu_memory_used_bytes", "GPU memory in use, per device (NVML).", "memory_used_bytes"),
+                ("labkit:gpu_memory_total_bytes", "GPU memory in all, per device (NVML).", "memory_total_bytes")):
+            scale = 0.01 if field == "utilization_perc" else 1  # NVML reports percent
+            r.register(_ReadAtScrape(name, doc, ("gpu",), lambda field=field, scale=scale: {
+                (g.index,): getattr(g, field) * scale for g in gpu_readings()}))
+        Gauge("labkit:process_resident_memory_bytes", "Resident memory of this process.",
+              registry=r).set_function(_never_raises(probe.process_resident_bytes))
+        Gauge("labkit:cpu_utilization_perc", "Machine CPU utilisation since the last scrape (0 to 1).",
+              registry=r).set_function(_never_raises(lambda: probe.cpu_utilization_perc() / 100))
         if bus is not None:
             self.attach(bus)
 
     def attach(self, bus):
         """Subscribe to `bus`; returns the unsubscribe."""
-        from .events import QueueDepth, ReplicaCount, RequestFinished, ScaleDecision, StepStats
+        from .events import QueueDepth, RequestFinished, StepStats
 
-        return bus.subscribe(self.record, RequestFinished, StepStats, QueueDepth, ReplicaCount, ScaleDecision)
+        return bus.subscribe(self.record, RequestFinished, StepStats, QueueDepth)
 
     def record(self, event) -> None:
         """One event from the bus (on the publisher's thread: counters and histograms only)."""
-        from .events import QueueDepth, ReplicaCount, RequestFinished, ScaleDecision, StepStats
+        from .events import QueueDepth, RequestFinished, StepStats
 
         if isinstance(event, RequestFinished):
             self.record_finished(finish_reason=event.finish_reason, prompt_tokens=event.prompt_tokens,
@@ -268,12 +168,6 @@ class ServingMetrics:
             self._set_queue(event.running, event.waiting, event.kv_usage)
         elif isinstance(event, QueueDepth):
             self._set_queue(event.running, event.waiting, event.kv_usage)
-        elif isinstance(event, ReplicaCount):
-            self.replicas.set(event.replicas)
-            self.replicas_desired.set(event.desired)
-        elif isinstance(event, ScaleDecision) and event.desired != event.current:
-            self.scale_decisions.inc(direction="up" if event.desired > event.current else "down")
-            self.replicas_desired.set(event.desired)
 
     def _set_queue(self, running: float, waiting: float, kv: float | None) -> None:
         if not self._live["running"]:
@@ -288,25 +182,74 @@ class ServingMetrics:
                         itl_s: Iterable[float] = (), e2e_s: float | None = None,
                         cached_tokens: int | None = None) -> None:
         """One finished generation request, from the engine's per-request timings. A cancelled one ("abort":
-        a client that hung up, a timeout, shutdown) counts, but its timings stay out of the latency histograms.
-        `cached_tokens` (None if it never reached the batch) feeds the prefix-cache counters."""
+        a client that hung up, a timeout, shutdown) counts, but its timings stay out of the latency histograms
+        and it is not judged against the SLOs. `cached_tokens` (None if it never reached the batch) feeds the
+        prefix-cache counters."""
         self.prompt_tokens.inc(prompt_tokens)
         if cached_tokens is not None:
             self.prefix_queries.inc(prompt_tokens)
             self.prefix_hits.inc(cached_tokens)
         self.generation_tokens.inc(output_tokens)
-        self.success.inc(finished_reason=finish_reason)
+        self._success.labels(model_name=self.model_name, finished_reason=finish_reason).inc()
         if finish_reason == "abort":
             return
+        gaps = tuple(itl_s)
         for histogram, value in ((self.queue, queue_s), (self.ttft, ttft_s), (self.e2e, e2e_s)):
             if value is not None:
                 histogram.observe(value)
-        for gap in itl_s:
+        for gap in gaps:
             self.itl.observe(gap)
+        phase = self.slo.missed_phase(ttft_s=ttft_s, e2e_s=e2e_s, itl_s=gaps, queue_s=queue_s)
+        (self.goodput if phase is None else self.missed[phase]).inc()
+
+    def record_error(self, status: int) -> None:
+        """A request answered with an HTTP error (any route)."""
+        self._errors.labels(model_name=self.model_name, status=str(status)).inc()
+
+    def record_embedding_batch(self, size: int) -> None:
+        self._embed_batch.labels(model_name=self.encoder_name).observe(size)
 
     def render(self) -> str:
-        return self.registry.render()
+        return render(self.registry)
 
     def metric_names(self) -> list[str]:
-        """Every family this registry declares (a Grafana query may only name these)."""
-        return self.registry.names()
+        """Every family this registry declares (counters without their _total)."""
+        return [family.name for family in self.registry.collect()]
+
+    def series_names(self) -> set[str]:
+        return series_names(self.registry)
+
+
+class FleetMetrics:
+    """The router's own series: replicas serving and wanted, requests forwarded, retried and refused, and the
+    autoscaler's decisions (from `ScaleDecision` events on the router's bus). Engine series of the replicas
+    are added at scrape time by the router (`federate`), not declared here."""
+
+    def __init__(self, *, replicas: Callable[[], float], desired: Callable[[], float],
+                 in_flight: Callable[[], float], bus=None):
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        for name, doc, read in (
+                ("labkit:replicas", "Healthy replicas serving behind the router.", replicas),
+                ("labkit:replicas_desired", "Replicas wanted (by the autoscaler or the fixed size).", desired),
+                ("labkit:router_requests_in_flight", "Requests the router is forwarding now.", in_flight)):
+            Gauge(name, doc, registry=r).set_function(_never_raises(read))
+        self.requests = Counter("labkit:router_requests_total", "Requests forwarded, by replica and policy.",
+                                ("replica", "policy"), registry=r)
+        self.retries = Counter("labkit:router_retries_total", "Requests retried on another replica.", registry=r)
+        self.rejected = Counter("labkit:router_rejected_total", "Requests the router answered itself.",
+                                ("status",), registry=r)
+        self.scale_decisions = Counter("labkit:scale_decisions_total", "Autoscaler decisions that changed the "
+                                       "replica count, by direction.", ("direction",), registry=r)
+        if bus is not None:
+            from .events import ScaleDecision
+            bus.subscribe(self.record_scale_decision, ScaleDecision)
+
+    def record_scale_decision(self, event) -> None:
+        if event.desired != event.current:
+            self.scale_decisions.labels(direction="up" if event.desired > event.current else "down").inc()
+
+    def render(self) -> str:
+        return render(self.registry)
+
+    def series_names(self) -> set[str]:
+        return series_names(self.registry)

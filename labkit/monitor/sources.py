@@ -17,6 +17,7 @@ from typing import Protocol
 from . import scrape
 from .devices import DeviceProbe, MemoryReading
 from .events import EventBus, now
+from .percentiles import histogram_quantile
 from .stats import RollingStats, Snapshot, Summary
 
 DEFAULT_WINDOW_S = 30.0
@@ -80,9 +81,12 @@ class RemoteSource:
             try:
                 response = self._client.get(target)
                 response.raise_for_status()
+                samples = scrape.parse(response.text)
             except httpx.HTTPError as err:
                 raise OSError(f"cannot read {target}: {err}") from None
-            parsed.append(scrape.parse(response.text))
+            except ValueError as err:
+                raise OSError(f"cannot read {target}: not a Prometheus exposition ({err})") from None
+            parsed.append(samples)
         merged = scrape.merge(parsed)
         kv = [scrape.value(p, "labkit:kv_cache_usage_perc") for p in parsed]
         kv = [v for v in kv if v is not None]
@@ -123,8 +127,7 @@ def snapshot_from_scrapes(new: scrape.Samples, old: scrape.Samples | None, span_
             return Summary()
         cumulative = scrape.bucket_increase(new, old, name)
         total = scrape.increase(new, old, f"{name}_sum") or 0.0
-        return Summary(int(count), total / count, scrape.quantile(0.5, cumulative), scrape.quantile(0.95, cumulative),
-                       scrape.quantile(0.99, cumulative))
+        return Summary(int(count), total / count, *(histogram_quantile(q, cumulative) for q in (0.5, 0.95, 0.99)))
 
     batch_steps = scrape.increase(new, old, "labkit:batch_size_count") if windowed else None
     batch_size = (scrape.increase(new, old, "labkit:batch_size_sum") / batch_steps) if batch_steps else None

@@ -33,7 +33,8 @@ import httpx
 from ..config import RouterConfig
 from ..monitor.events import EventBus
 from ..monitor.percentiles import percentile
-from ..monitor.metrics import CONTENT_TYPE, Counter, Gauge, Registry
+from ..monitor import federate
+from ..monitor.metrics import CONTENT_TYPE, FleetMetrics
 from ..server.errors import APIError
 from ..server.hardening import BodyTimeout, read_body_within
 from .asgi import Exchange, complete_events, respond as _respond, respond_error
@@ -71,18 +72,26 @@ class Router:
         self.accepting = True  # False once draining: new requests get 503
         self.exchanges: set[Exchange] = set()  # every HTTP request being answered now
         self._drain_deadline: float | None = None
-        r = self.registry = Registry()
-        r.add(Gauge("labkit:replicas", "Healthy replicas behind the router.",
-                    lambda: sum(len(p.ready()) for p in self.pools.values())))
-        r.add(Gauge("labkit:replicas_desired", "Replicas wanted (by the autoscaler or the fixed size).",
-                    lambda: sum(getattr(p, "target", len(p.ready())) for p in self.pools.values())))
-        r.add(Gauge("labkit:router_requests_in_flight", "Requests the router is forwarding now.",
-                    lambda: sum(self.load.values())))
-        self.requests = r.add(Counter("labkit:router_requests_total", "Requests forwarded, by replica and policy.",
-                                      ("replica", "policy")))
-        self.retries = r.add(Counter("labkit:router_retries_total", "Requests retried on another replica."))
-        self.rejected = r.add(Counter("labkit:router_rejected_total", "Requests the router answered itself.",
-                                      ("status",)))
+        self.metrics = FleetMetrics(replicas=lambda: sum(len(p.ready()) for p in self.pools.values()),
+                                    desired=lambda: sum(getattr(p, "target", len(p.ready()))
+                                                        for p in self.pools.values()),
+                                    in_flight=lambda: sum(self.load.values()), bus=self.bus)
+        self.requests, self.retries, self.rejected = self.metrics.requests, self.metrics.retries, self.metrics.rejected
+
+    async def exposition(self) -> str:
+        """The router's own series, then its healthy replicas' engine series added up (monitor/federate.py), so
+        one scrape of the router shows the fleet: tokens, latency histograms, goodput. A replica that does not
+        answer within a second is left out of this scrape."""
+        async def scrape(replica) -> str:
+            try:
+                response = await self.client.get(replica.url + "/metrics", timeout=1.0)
+                return response.text if response.status_code == 200 else ""
+            except httpx.HTTPError:
+                return ""
+
+        replicas = [r for pool in self.pools.values() for r in pool.ready()]
+        texts = await asyncio.gather(*(scrape(r) for r in replicas)) if self.client is not None else []
+        return self.metrics.render() + federate.render([t for t in texts if t])
 
     # -- signals for the autoscaler and the notebooks -------------------------------------------------
     def in_flight(self, pool=None) -> int:
@@ -143,7 +152,7 @@ class Router:
             self.exchanges.discard(exchange)
 
     async def _end(self, exchange: Exchange, error: APIError) -> None:
-        self.rejected.inc(status=str(error.status))
+        self.rejected.labels(status=str(error.status)).inc()
         try:
             async with asyncio.timeout(END_TIMEOUT_S):  # a client that reads nothing cannot hold the router
                 await exchange.end_with(error)
@@ -151,7 +160,7 @@ class Router:
             pass
 
     async def _reject(self, send, error: APIError, extra=()) -> None:
-        self.rejected.inc(status=str(error.status))
+        self.rejected.labels(status=str(error.status)).inc()
         await respond_error(send, error, extra)
 
     async def _handle(self, scope, receive, exchange: Exchange):
@@ -182,7 +191,7 @@ class Router:
             return await _respond(send, 200 if ready else 503, json.dumps(
                 {"status": status, "replicas": {name: len(p.ready()) for name, p in self.pools.items()}}).encode())
         elif method == "GET" and path == "/metrics":
-            return await _respond(send, 200, self.registry.render().encode(), CONTENT_TYPE.encode())
+            return await _respond(send, 200, (await self.exposition()).encode(), CONTENT_TYPE.encode())
         await self._reject(send, APIError(404, f"No route {method} {path} here.", code="not_found"))
 
     def _authorized(self, headers) -> bool:
@@ -318,7 +327,7 @@ class Router:
                     await upstream.aclose()
                     status, last_error = upstream.status_code, f"replica answered {upstream.status_code}"
                     continue
-                self.requests.inc(replica=replica.name, policy=self.policy.name)
+                self.requests.labels(replica=replica.name, policy=self.policy.name).inc()
                 if await self._pass_through(upstream, replica, exchange) and upstream.status_code == 200:
                     self.latencies.append((time.monotonic(), time.monotonic() - started))
                 return

@@ -77,7 +77,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             if self.metrics is not None and status >= 400:
-                self.metrics.errors.inc(status=str(status))
+                self.metrics.record_error(status)
             if self.access_log is not None:
                 client = scope.get("client")
                 record = {"@timestamp": _timestamp(started_wall), "request_id": request_id,

@@ -37,7 +37,10 @@ def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(),
     publishes to `bus` (a new one by default, `app.state.bus`); /metrics is built from it."""
     bus = bus if bus is not None else EventBus()
     # The gauges read the services at scrape time, so they are built first and look the services up late.
-    metrics = ServingMetrics(bus, running=lambda: services.num_running(), waiting=lambda: services.num_waiting(),
+    names = {m.kind: m.name for m in models}
+    metrics = ServingMetrics(bus, model_name=names.get("causal-lm") or names.get("encoder", "labkit"),
+                             encoder_name=names.get("encoder"), slo=config.slo,
+                             running=lambda: services.num_running(), waiting=lambda: services.num_waiting(),
                              kv_usage=lambda: services.kv_usage())
     services = Services(models, config, metrics, engine_options, bus=bus)
     access_log = AccessLog(config.access_log) if config.access_log else None

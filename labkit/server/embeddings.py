@@ -29,7 +29,7 @@ class EmbeddingService:
         self.name = loaded.name
         self.dimensions = int(loaded.model.config.hidden_size)
         self.retry_after_s = retry_after_s
-        on_batch = (lambda size, seconds: metrics.embed_batch.observe(size)) if metrics is not None else None
+        on_batch = (lambda size, seconds: metrics.record_embedding_batch(size)) if metrics is not None else None
         self.batcher = DynamicBatcher(self._embed_batch, max_batch_size=max_batch_size,
                                       max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
                                       on_batch=on_batch, name="labkit-embeddings")

@@ -9,6 +9,7 @@ import sys
 
 import httpx
 import pytest
+from loopback import metric
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def test_labkit_up_serves_through_the_router_and_stops_every_replica_on_sigterm(
             assert response.status_code == 200
             seen.add(response.headers["x-labkit-replica"])
         assert len(seen) == 2
-        assert "labkit:replicas 2" in httpx.get(url + "/metrics").text
+        assert metric(httpx.get(url + "/metrics").text, "labkit:replicas") == 2
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         assert "stopped" in process.stdout.read()

@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from loopback import wait_for
+from loopback import metric, wait_for
 
 from labkit.config import ScaleConfig
 from labkit.monitor.events import ReplicaCount, ScaleDecision
@@ -117,7 +117,7 @@ def test_a_load_step_scales_up_within_the_delay_and_back_down_after(tiny_model_d
         assert downs[0].t - busy_until >= scale.downscale_delay_s - 0.5  # not before the downscale delay
         assert downs[0].t > run.t0 + max(r.sent_s for r in result.results)  # nor while the load still came
         assert any(isinstance(e, ReplicaCount) and e.replicas == 2 for e in events)
-        assert "labkit:replicas 1" in __import__("httpx").get(lab.url + "/metrics").text
+        assert metric(__import__("httpx").get(lab.url + "/metrics").text, "labkit:replicas") == 1
         assert all(r.ok for r in result.results), [r for r in result.results if not r.ok][:3]
     finally:
         lab.stop()

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from labkit.monitor import (DeviceProbe, EventBus, ReplicaCount, RequestFinished, RollingStats, ScaleDecision,
-                            ServingMetrics, StepStats, Watcher, nvml_available, source)
+from labkit.monitor import (DeviceProbe, EventBus, RequestFinished, RollingStats, ServingMetrics, StepStats, Watcher,
+                            nvml_available, source)
 from labkit.monitor import scrape
 from labkit.monitor.console import format_snapshot
 from labkit.monitor.sources import snapshot_from_scrapes
@@ -46,21 +46,21 @@ def test_cancelled_requests_count_but_are_not_timed():
 
 def test_metrics_are_fed_by_the_bus():
     bus = EventBus()
-    metrics = ServingMetrics(bus)
-    assert "\nlabkit:replicas " not in metrics.render()  # declared, no sample before anyone publishes a count
+    metrics = ServingMetrics(bus, model_name="m")
     bus.publish(finished(t=0, e2e=0.3, tokens=7))
     bus.publish(finished(t=0, e2e=50.0, tokens=2, reason="abort"))
     bus.publish(StepStats("engine", batch_size=5, prefill_tokens=60, decode_tokens=4, running=5, waiting=1,
                           kv_usage=0.125))
-    bus.publish(ReplicaCount("router", replicas=3, desired=4))
-    bus.publish(ScaleDecision("autoscaler", current=3, desired=4, reason="queue"))
+    samples = scrape.parse(metrics.render())
+    m = (("model_name", "m"),)
+    expected = {"labkit:generation_tokens_total": 9, "labkit:e2e_request_latency_seconds_count": 1,
+                "labkit:inter_token_latency_seconds_count": 2, "labkit:num_requests_running": 5,
+                "labkit:num_requests_waiting": 1, "labkit:kv_cache_usage_perc": 0.125,
+                "labkit:iteration_tokens_total_sum": 64}
+    assert {name: samples[name][m] for name in expected} == expected
+    assert samples["labkit:request_success_total"][(("finished_reason", "abort"), *m)] == 1
+    assert samples["labkit:batch_size_bucket"][(("le", "8.0"), *m)] == 1
     text = metrics.render()
-    for line in ("labkit:generation_tokens_total 9", 'labkit:request_success_total{finished_reason="abort"} 1',
-                 "labkit:e2e_request_latency_seconds_count 1", "labkit:inter_token_latency_seconds_count 2",
-                 "labkit:num_requests_running 5", "labkit:num_requests_waiting 1", "labkit:kv_cache_usage_perc 0.125",
-                 'labkit:batch_size_bucket{le="8"} 1', "labkit:iteration_tokens_total_sum 64", "labkit:replicas 3",
-                 "labkit:replicas_desired 4", 'labkit:scale_decisions_total{direction="up"} 1'):
-        assert line in text, line
     declared = scrape.families(text)
     assert {"labkit:gpu_memory_used_bytes", "labkit:gpu_utilization_perc", "labkit:process_resident_memory_bytes",
             "labkit:cpu_utilization_perc"} <= declared
@@ -85,14 +85,11 @@ def test_two_scrapes_become_the_same_statistics_as_promql_would_give():
     assert "end-to-end" in format_snapshot(snap) and "tokens/s" in format_snapshot(first)
 
 
-def test_counter_reset_and_quantile_edges():
+def test_counter_reset_and_merge():
     old = scrape.parse('x_total 10\nh_bucket{le="1"} 5\nh_bucket{le="+Inf"} 6\n')
     new = scrape.parse('x_total 3\nh_bucket{le="1"} 1\nh_bucket{le="+Inf"} 1\n')
     assert scrape.increase(new, old, "x_total") == 3  # restarted server: counts from zero
     assert scrape.bucket_increase(new, old, "h") == {1.0: 1, float("inf"): 1}
-    assert scrape.quantile(0.5, {1.0: 0, 2.0: 10, float("inf"): 10}) == pytest.approx(1.5)
-    assert scrape.quantile(0.99, {1.0: 0, float("inf"): 4}) == 1.0  # in +Inf: the largest finite bound
-    assert scrape.quantile(0.5, {1.0: 0, float("inf"): 0}) is None
     merged = scrape.merge([scrape.parse('a{r="x"} 1\nb 2'), scrape.parse('a{r="x"} 4\nb NaN')])
     assert merged["a"][(("r", "x"),)] == 5 and scrape.value(merged, "b") == 2
 
