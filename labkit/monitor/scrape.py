@@ -1,40 +1,38 @@
-"""Reading Prometheus text back: parse an exposition, add up several (replicas), and turn two scrapes into
-windowed statistics the way PromQL's `rate()` and `histogram_quantile()` would."""
+"""Reading Prometheus text back: parse an exposition (with prometheus_client's parser), add up several
+(replicas), and turn two scrapes into windowed statistics the way PromQL's `rate()` and `histogram_quantile()`
+would (the quantile itself is `percentiles.histogram_quantile`)."""
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+from prometheus_client.parser import text_string_to_metric_families
 
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[str, dict[Labels, float]]  # metric name (with _bucket/_sum/_count) -> labels -> value
 
 
+def _is_created(name: str) -> bool:
+    # prometheus_client writes each counter's and histogram's creation time as `<name>_created` (a family of
+    # its own in the classic text format): a timestamp, never something to add into a count.
+    return name.endswith("_created")
+
+
 def parse(text: str) -> Samples:
-    """Samples of a text exposition (version 0.0.4), by name then by sorted label pairs."""
+    """Samples of a text exposition, by name then by sorted label pairs (`_created` timestamps left out).
+    Raises ValueError when `text` is not a Prometheus exposition."""
     samples: Samples = defaultdict(dict)
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line.strip())
-        if match is None:
-            continue
-        name, labels, value = match.groups()
-        pairs = tuple(sorted((k, v.replace(r"\"", '"').replace(r"\n", "\n").replace("\\\\", "\\"))
-                             for k, v in _LABEL.findall(labels or "")))
-        try:
-            samples[name][pairs] = float(value)
-        except ValueError:
-            continue
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not _is_created(sample.name):
+                samples[sample.name][tuple(sorted(sample.labels.items()))] = float(sample.value)
     return dict(samples)
 
 
 def families(text: str) -> set[str]:
-    """Metric families a text exposition declares (`# TYPE` lines), whether or not they have samples."""
-    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    """Metric families a text exposition declares, whether or not they have samples, named as
+    prometheus_client names them (a counter without its `_total`)."""
+    return {family.name for family in text_string_to_metric_families(text) if not _is_created(family.name)}
 
 
 def merge(parsed: list[Samples]) -> Samples:
@@ -78,24 +76,3 @@ def bucket_increase(new: Samples, old: Samples | None, name: str) -> dict[float,
     if any(now.get(le, 0.0) < count for le, count in before.items()):  # a reset
         before = {}
     return {le: count - before.get(le, 0.0) for le, count in now.items()}
-
-
-def quantile(q: float, cumulative: dict[float, float]) -> float | None:
-    """histogram_quantile(q, ...): linear interpolation inside the bucket where the rank falls; the largest
-    finite bound when it falls in +Inf. None when there are no observations."""
-    bounds = sorted(cumulative)
-    if not bounds or cumulative[bounds[-1]] <= 0:
-        return None
-    total = cumulative[bounds[-1]]
-    rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
-    for bound in bounds:
-        count = cumulative[bound]
-        if count >= rank:
-            if math.isinf(bound):
-                return lower_bound
-            if count == lower_count:
-                return bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
-        lower_bound, lower_count = bound, count
-    return lower_bound

@@ -17,7 +17,6 @@ over scripted load traces. `history` is the samples since the pool last changed 
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import httpx
 
 from ..config import ScaleConfig
+from ..monitor import scrape
 from ..monitor.events import EventBus, QueueDepth, ScaleDecision
 
 
@@ -73,22 +73,17 @@ def decide(history: Sequence[Signals], config: ScaleConfig, now: float) -> int:
     return current
 
 
-_GAUGE = re.compile(r"^labkit:num_requests_(running|waiting) (\S+)$", re.M)
-
-
 def scrape_queue(client: httpx.Client, urls: Sequence[str]) -> tuple[float, float]:
-    """Sum of `labkit:num_requests_running` and `_waiting` over replicas' /metrics (unreachable ones count 0)."""
+    """Sum of `labkit:num_requests_running` and `_waiting` over replicas' /metrics, every model_name included
+    (a replica that does not answer with an exposition counts 0)."""
     running = waiting = 0.0
     for url in urls:
         try:
-            text = client.get(url + "/metrics").text
-        except httpx.HTTPError:
+            samples = scrape.parse(client.get(url + "/metrics").text)
+        except (httpx.HTTPError, ValueError):
             continue
-        for name, value in _GAUGE.findall(text):
-            if name == "running":
-                running += float(value)
-            else:
-                waiting += float(value)
+        running += scrape.value(samples, "labkit:num_requests_running") or 0.0
+        waiting += scrape.value(samples, "labkit:num_requests_waiting") or 0.0
     return running, waiting
 
 
