@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from string import ascii_uppercase
 
 from grafana_foundation_sdk.builders import common, dashboard, prometheus, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -48,18 +49,18 @@ def slo_target(slo: str) -> str:
 
 
 def panel(title: str, description: str, unit: str, *targets: tuple[str, str], width: int = WIDTH,
-          fraction: bool = False, stacked: bool = False) -> timeseries.Panel:
-    """A time series of `(PromQL, legend)` targets; `fraction` fixes the axis to 0-1 shown as percent."""
+          stacked: bool = False) -> timeseries.Panel:
+    """A time series of `(PromQL, legend)` targets. A fraction (unit `percentunit`) gets a fixed 0-1 axis."""
     built = (timeseries.Panel().title(title).description(description).datasource(DATASOURCE)
              .span(width).height(HEIGHT).unit(unit).line_width(2).fill_opacity(5)
              .legend(common.VizLegendOptions().display_mode(LegendDisplayMode.LIST)
                      .placement(LegendPlacement.BOTTOM).show_legend(True))
              .tooltip(common.VizTooltipOptions().mode(TooltipDisplayMode.MULTI)))
-    if fraction:
-        built = built.unit("percentunit").min(0).max(1)
+    if unit == "percentunit":
+        built = built.min(0).max(1)
     if stacked:
         built = built.stacking(common.StackingConfig().mode(StackingMode.NORMAL))
-    for ref_id, (expr, legend) in zip("ABCDEFGH", targets):
+    for ref_id, (expr, legend) in zip(ascii_uppercase, targets):
         built = built.with_target(prometheus.Dataquery().ref_id(ref_id).datasource(DATASOURCE).expr(expr)
                                   .legend_format(legend))
     return built
@@ -90,8 +91,7 @@ def panels() -> list[timeseries.Panel]:
               (f"sum({rate('labkit:goodput_requests_total')})", "goodput"),
               (f"sum({rate('labkit:request_success_total')})", "finished")),
         panel("Goodput fraction", "Share of finished requests that met every SLO (1 when no SLO is set).",
-              "percentunit", (ratio("labkit:goodput_requests_total", "labkit:request_success_total"), "goodput"),
-              fraction=True),
+              "percentunit", (ratio("labkit:goodput_requests_total", "labkit:request_success_total"), "goodput")),
         panel("SLO misses by phase", "Requests per second that missed an SLO, by the phase that broke it: waiting "
               "in the queue (add replicas), computing the prompt (shorter prompts, the prefix cache), or "
               "generating (a smaller batch).", "reqps",
@@ -111,22 +111,22 @@ def panels() -> list[timeseries.Panel]:
               (f"sum({series('labkit:num_requests_running')})", "running"),
               (f"sum({series('labkit:num_requests_waiting')})", "waiting")),
         panel("KV cache usage", "Fraction of KV-cache pages in use per server (a router shows its fullest "
-              "replica). Near 1, requests get preempted and recomputed.", "percentunit", (series("labkit:kv_cache_usage_perc"), "{{instance}}"),
-              fraction=True),
+              "replica). Near 1, requests get preempted and recomputed.", "percentunit",
+              (series("labkit:kv_cache_usage_perc"), "{{instance}}")),
         panel("Batch size", "Mean requests and tokens per engine step: how much batching the traffic allows.",
               "short", (mean("labkit:batch_size"), "requests per step"),
               (mean("labkit:iteration_tokens_total"), "tokens per step")),
         panel("Prefix cache hit rate", "Prompt tokens found in the prefix cache over prompt tokens looked up: "
               "their keys and values were not computed again. Routing by prefix affinity raises it.",
               "percentunit", (ratio("labkit:prefix_cache_hits_total", "labkit:prefix_cache_queries_total"),
-                              "hit rate"), fraction=True),
+                              "hit rate")),
         panel("GPU memory", "VRAM per device through NVML: weights + KV cache + activations. Empty on machines "
               "without NVML (see process memory).", "bytes",
               (f"sum by (instance, gpu) ({series('labkit:gpu_memory_used_bytes')})", "used {{instance}} gpu {{gpu}}"),
               (f"sum by (instance, gpu) ({series('labkit:gpu_memory_total_bytes')})",
                "total {{instance}} gpu {{gpu}}")),
         panel("GPU utilisation", "NVML utilisation per device. Empty without NVML.", "percentunit",
-              (series("labkit:gpu_utilization_perc"), "{{instance}} gpu {{gpu}}"), fraction=True),
+              (series("labkit:gpu_utilization_perc"), "{{instance}} gpu {{gpu}}")),
         panel("Process memory and CPU (fallback without NVML)", "Resident memory of each server process (left "
               "axis) and machine CPU utilisation (right axis): the memory story on CPU-only machines.", "bytes",
               (series("labkit:process_resident_memory_bytes"), "RSS {{instance}}"),
