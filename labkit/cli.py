@@ -153,7 +153,8 @@ def add_monitor_commands(commands, bench_commands) -> None:
     from .bench.monitor_bench import add_monitor_bench_command
 
     monitor = commands.add_parser("monitor", help="a live terminal summary of a server's /metrics",
-                                  description="Scrape a labkit server's (or router's) /metrics every INTERVAL "
+                                  description="Scrape the /metrics of a labkit server or router, or of a vLLM "
+                                              "server (the header names the engine), every INTERVAL "
                                               "seconds and print latency (mean, p50, p95, p99 of end-to-end, "
                                               "TTFT, inter-token and queue time), throughput, queue, KV cache "
                                               "and memory over the last WINDOW seconds. Ctrl-C stops.")

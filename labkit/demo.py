@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 
@@ -17,6 +16,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import httpx  # noqa: E402
+
+from .monitor import engine_names, scrape  # noqa: E402
 
 HISTORY_POINTS = 120  # samples kept in the live throughput plot
 
@@ -70,13 +71,13 @@ class ChatBackend:
         yield "", stats
 
     def generated_tokens(self) -> float | None:
-        """The server's `labkit:generation_tokens_total`, or None where it has no such metric."""
+        """Tokens the server has generated (labkit's `generation_tokens_total`, or vLLM's), or None where its
+        /metrics has no such counter."""
         try:
-            text = self.client.get(f"{self.url}/metrics", timeout=2.0).text
-        except httpx.HTTPError:
+            samples = scrape.parse(self.client.get(f"{self.url}/metrics", timeout=2.0).text)
+        except (httpx.HTTPError, ValueError):
             return None
-        match = re.search(r"^labkit:generation_tokens_total (\S+)$", text, re.MULTILINE)
-        return float(match.group(1)) if match else None
+        return scrape.value(engine_names.canonical(samples), "labkit:generation_tokens_total")
 
 
 def format_stats(stats: dict) -> str:

@@ -35,7 +35,7 @@ def format_snapshot(s: Snapshot) -> str:
     m = s.memory
     if m is not None:
         total = f" of {_num(m.total_bytes, 2**-30, 1)} GiB" if m.total_bytes and m.is_gpu else ""
-        util = f", {'GPU' if m.is_gpu else 'CPU'} {_num(m.utilization_perc, digits=0)}% busy"
+        util = f", {'GPU' if m.is_gpu else 'CPU'} {_num(m.utilization_perc, 100, 0, '%')} busy"
         lines.append(f"memory       {_num(m.used_bytes, 2**-30, 2)} GiB{total} ({m.label}){util}")
     lines.append(f"in all       {s.requests_total:,} requests, {s.tokens_total:,} tokens")
     for note in s.notes:

@@ -3,7 +3,7 @@
 Both give the same `Snapshot`, so a panel, the CLI and a notebook do not care which it is:
 
     source = labkit.monitor.source(server)                     # a ServerHandle, an LLM/AsyncLLM, or an EventBus
-    source = labkit.monitor.source("http://127.0.0.1:8000")    # any labkit server (or router) over HTTP
+    source = labkit.monitor.source("http://127.0.0.1:8000")    # any labkit server or router, or vLLM, over HTTP
     source = labkit.monitor.source(["http://a:8001", "http://b:8002"])  # replicas added up
     source.read().latency.p99
 """
@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import Protocol
 
-from . import scrape
+from . import engine_names, scrape
 from .devices import DeviceProbe, MemoryReading
 from .events import EventBus, now
 from .percentiles import histogram_quantile
@@ -44,8 +44,10 @@ class LocalSource:
         self._unsubscribe = self.stats.attach(bus)
 
     def read(self) -> Snapshot:
-        snapshot = self.stats.snapshot()
-        return _replace(snapshot, memory=self._probe.read())
+        memory = self._probe.read()
+        if memory.utilization_perc is not None:  # the probe reads percent; a Snapshot, like every _perc, 0 to 1
+            memory = _replace(memory, utilization_perc=memory.utilization_perc / 100)
+        return _replace(self.stats.snapshot(), memory=memory)
 
     def close(self) -> None:
         self._unsubscribe()
@@ -55,10 +57,12 @@ class LocalSource:
 
 
 class RemoteSource:
-    """Statistics of one or more labkit servers read from their `/metrics`. Each `read()` scrapes; rates and
-    distributions come from the growth of counters and histogram buckets since the oldest scrape inside the
-    window (like PromQL's `rate` and `histogram_quantile`), so the first read has gauges but no rates yet.
-    Percentiles are interpolated within histogram buckets. Several URLs (replicas) are added up."""
+    """Statistics of one or more servers read from their `/metrics`: labkit servers and routers, or vLLM
+    (its names read as labkit's, engine_names.py; which engine each URL is, is found on every scrape and
+    shown in the snapshot's `source`). Each `read()` scrapes; rates and distributions come from the growth
+    of counters and histogram buckets since the oldest scrape inside the window (like PromQL's `rate` and
+    `histogram_quantile`), so the first read has gauges but no rates yet. Percentiles are interpolated
+    within histogram buckets. Several URLs (replicas) are added up."""
 
     def __init__(self, urls: str | list[str], window_s: float = DEFAULT_WINDOW_S, timeout_s: float = 2.0):
         import httpx
@@ -70,13 +74,14 @@ class RemoteSource:
         self._client = httpx.Client(timeout=timeout_s)
         self._history: deque[tuple[float, scrape.Samples]] = deque()
         self._lock = threading.Lock()
+        self.engines: list[str | None] = [None] * len(self.urls)  # per URL, as the latest scrape found it
 
     def scrape(self) -> scrape.Samples:
         """One scrape of every URL, added up. Raises OSError naming the URL that did not answer."""
         import httpx
 
         parsed = []
-        for url in self.urls:
+        for i, url in enumerate(self.urls):
             target = url.rstrip("/") + "/metrics"
             try:
                 response = self._client.get(target)
@@ -86,13 +91,18 @@ class RemoteSource:
                 raise OSError(f"cannot read {target}: {err}") from None
             except ValueError as err:
                 raise OSError(f"cannot read {target}: not a Prometheus exposition ({err})") from None
-            parsed.append(samples)
+            self.engines[i] = engine_names.engine_of(samples)
+            parsed.append(engine_names.canonical(samples))
         merged = scrape.merge(parsed)
-        kv = [scrape.value(p, "labkit:kv_cache_usage_perc") for p in parsed]
-        kv = [v for v in kv if v is not None]
-        if kv:  # a fraction: the replicas' mean, not their sum
-            merged["labkit:kv_cache_usage_perc"] = {(): sum(kv) / len(kv)}
+        for name in [n for n in merged if n.endswith("_perc")]:  # fractions: a mean over replicas, not a sum
+            means = [m for m in (_mean(p, name) for p in parsed) if m is not None]
+            merged[name] = {(): sum(means) / len(means)}
         return merged
+
+    def label(self) -> str:
+        """The URLs, each with the engine found there: "http://a:8000 (vLLM)"."""
+        return ", ".join(f"{url} ({engine or 'no labkit or vLLM series'})"
+                         for url, engine in zip(self.urls, self.engines))
 
     def read(self) -> Snapshot:
         samples = self.scrape()
@@ -102,7 +112,10 @@ class RemoteSource:
             while len(self._history) > 2 and self._history[1][0] <= at - self.window_s:
                 self._history.popleft()  # keep one scrape at or beyond the window's start
             base_t, base = self._history[0] if len(self._history) > 1 else (at, None)
-        return snapshot_from_scrapes(samples, base, at - base_t, ", ".join(self.urls))
+        snapshot = snapshot_from_scrapes(samples, base, at - base_t, self.label())
+        if engine_names.VLLM in self.engines:
+            snapshot = _replace(snapshot, notes=(*snapshot.notes, "vLLM exports no batch size or device memory"))
+        return snapshot
 
     def close(self) -> None:
         self._client.close()
@@ -139,7 +152,7 @@ def snapshot_from_scrapes(new: scrape.Samples, old: scrape.Samples | None, span_
         batch_size=batch_size,
         running=scrape.value(new, "labkit:num_requests_running"),
         waiting=scrape.value(new, "labkit:num_requests_waiting"),
-        kv_usage=scrape.value(new, "labkit:kv_cache_usage_perc"),
+        kv_usage=_mean(new, "labkit:kv_cache_usage_perc"),
         replicas=scrape.value(new, "labkit:replicas"),
         requests_total=int(scrape.value(new, "labkit:request_success_total") or 0),
         tokens_total=int(scrape.value(new, "labkit:generation_tokens_total") or 0),
@@ -147,16 +160,21 @@ def snapshot_from_scrapes(new: scrape.Samples, old: scrape.Samples | None, span_
         notes=("percentiles interpolated from histogram buckets",))
 
 
+def _mean(samples: scrape.Samples, name: str) -> float | None:
+    """The mean over every label set of `name` (a fraction per GPU or per engine), or None when absent."""
+    series = samples.get(name)
+    return sum(series.values()) / len(series) if series else None
+
+
 def _memory_from_scrape(samples: scrape.Samples) -> MemoryReading | None:
     used = scrape.value(samples, "labkit:gpu_memory_used_bytes")
     if used is not None:
-        util = samples.get("labkit:gpu_utilization_perc", {})
         return MemoryReading("gpu", used, scrape.value(samples, "labkit:gpu_memory_total_bytes"),
-                             sum(util.values()) / len(util) if util else None, "GPU memory (NVML, from /metrics)")
+                             _mean(samples, "labkit:gpu_utilization_perc"), "GPU memory (NVML, from /metrics)")
     rss = scrape.value(samples, "labkit:process_resident_memory_bytes")
     if rss is None:
         return None
-    return MemoryReading("cpu", rss, None, scrape.value(samples, "labkit:cpu_utilization_perc"),
+    return MemoryReading("cpu", rss, None, _mean(samples, "labkit:cpu_utilization_perc"),
                          "server process RSS (no NVML there: CPU fallback)")
 
 
