@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .devices import MemoryReading
 from .events import Event, EventBus, QueueDepth, ReplicaCount, RequestFinished, StepStats, now
 from .percentiles import percentile
+from .slo import PHASES, SLO
 
 MAX_WINDOW_ENTRIES = 200_000  # a hard bound on memory whatever the traffic
 
@@ -39,6 +40,23 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class Goodput:
+    """Finished requests over the window judged against `slo` (cancelled ones are not judged): how many met
+    every SLO, and how many missed, by the phase that broke them. Counts are floats when read from counters."""
+
+    slo: SLO = SLO()
+    requests_per_s: float | None = None  # requests that met every SLO, per second
+    judged: float = 0
+    good: float = 0
+    missed: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of the judged requests that met every SLO; None without any."""
+        return self.good / self.judged if self.judged else None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The monitor's statistics at one moment, over the last `window_s` seconds. Local and remote sources
     produce the same shape; a field is None when the source cannot know it yet (no traffic, one scrape)."""
@@ -56,6 +74,7 @@ class Snapshot:
     waiting: float | None = None  # requests queued now
     kv_usage: float | None = None  # fraction of KV-cache pages in use now (0 to 1)
     replicas: float | None = None  # healthy replicas (router/autoscaler), when published
+    goodput: Goodput = field(default_factory=Goodput)  # requests within the SLOs (all of them when none is set)
     requests_total: int = 0  # finished requests since the source started watching
     tokens_total: int = 0  # output tokens since the source started watching
     memory: MemoryReading | None = None
@@ -67,10 +86,11 @@ class RollingStats:
     """Windowed statistics of what a bus carries. Subscribe with `stats.attach(bus)` (returns the
     unsubscribe), or feed events by hand with `stats.record(event)`."""
 
-    def __init__(self, window_s: float = 30.0):
+    def __init__(self, window_s: float = 30.0, slo: SLO = SLO()):
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self.window_s = window_s
+        self.slo = slo  # what a snapshot's goodput is judged against; `snapshot(slo=...)` re-judges the window
         self._lock = threading.Lock()
         # (t, e2e, ttft, queue, output_tokens, itl gaps) per finished request; (t, batch, output_tokens) per step
         self._finished: deque[tuple] = deque(maxlen=MAX_WINDOW_ENTRIES)
@@ -105,7 +125,7 @@ class RollingStats:
             with self._lock:
                 self._gauges["replicas"] = event.replicas
 
-    def snapshot(self, at: float | None = None) -> Snapshot:
+    def snapshot(self, at: float | None = None, slo: SLO | None = None) -> Snapshot:
         at = now() if at is None else at
         cutoff = at - self.window_s
         with self._lock:
@@ -126,4 +146,20 @@ class RollingStats:
             batch_size=statistics.fmean(s[1] for s in steps) if steps else None,
             running=gauges.get("running"), waiting=gauges.get("waiting"), kv_usage=gauges.get("kv_usage"),
             replicas=gauges.get("replicas"), requests_total=requests_total, tokens_total=tokens_total,
-            source="in-process")
+            goodput=_judge(finished, self.slo if slo is None else slo, span), source="in-process")
+
+
+def _judge(finished: list[tuple], slo: SLO, span: float) -> Goodput:
+    """Goodput of the window's finished requests: (t, e2e, ttft, queue, itl gaps), cancelled ones untimed."""
+    missed = dict.fromkeys(PHASES, 0)
+    good = judged = 0
+    for _, e2e, ttft, queue, itl in finished:
+        if e2e is None:  # cancelled
+            continue
+        judged += 1
+        phase = slo.missed_phase(ttft_s=ttft, e2e_s=e2e, itl_s=itl, queue_s=queue)
+        if phase is None:
+            good += 1
+        else:
+            missed[phase] += 1
+    return Goodput(slo, good / span, judged, good, missed)
