@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from labkit import bench_engine
-from labkit.bench.engine_bench import SYSTEMS, format_report
+from labkit.bench.engine_bench import BATCH1_TOKENS, SYSTEMS, format_report
 from labkit.openmp import tuned_environment
 
 pytestmark = pytest.mark.integration
@@ -29,8 +29,11 @@ def test_bench_engine_runs_every_system_and_checks_tokens(tiny_model_dirs):
     assert machine["matmul_gflops"] > 1 and machine["memory_copy_gbps"] > 0.1 and machine["logical_cores"] >= 1
     ours = report["systems"]["labkit"]
     assert 0 < ours["mfu"] < 1 and 0 < ours["weight_bandwidth_utilisation"] and ours["steps"] > 0
+    assert machine["roofline_device"] == "cpu" and report["model"]["device"] == "cpu"
+    assert ours["batch1_output_tokens"] == BATCH1_TOKENS and ours["batch1_decode_tokens_per_s"] > 0
+    assert ours["batch1_weight_read_gbps"] > 0 and 0 < ours["batch1_weight_bandwidth_utilisation"]
     text = format_report(report)
-    assert "labkit" in text and "MFU" in text and "roofline" in text
+    assert "labkit" in text and "MFU" in text and "roofline" in text and "at batch 1" in text
     json.dumps(report)  # plain values only
 
 
@@ -47,7 +50,7 @@ def test_cli_bench_engine_writes_json(tiny_model_dirs, tmp_path):
     out = tmp_path / "engine.json"
     result = subprocess.run([sys.executable, "-m", "labkit.cli", "bench", "engine", "--model", tiny_model_dirs["gpt2"],
                              "--requests", "2", "--dtype", "float32", "--systems", "hf-sequential,labkit",
-                             "--json", str(out)], capture_output=True, text=True, timeout=600)
+                             "--device", "cpu", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert set(report["systems"]) == {"hf-sequential", "labkit"} and "labkit_vs_hf-sequential" in report["ratios"]
