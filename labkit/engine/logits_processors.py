@@ -21,8 +21,11 @@ def apply_logit_bias(logits: torch.Tensor, biases: list[dict[int, float]]) -> to
         rows.extend([row] * len(bias))
         tokens.extend(bias.keys())
         values.extend(bias.values())
-    index = (torch.tensor(rows, dtype=torch.long), torch.tensor(tokens, dtype=torch.long))
-    return logits.index_put_(index, torch.tensor(values, dtype=logits.dtype), accumulate=True)
+    device = logits.device  # the lists are the host's; the logits may be on a GPU
+    index = (torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True),
+             torch.tensor(tokens, dtype=torch.long).to(device, non_blocking=True))
+    return logits.index_put_(index, torch.tensor(values, dtype=logits.dtype).to(device, non_blocking=True),
+                             accumulate=True)
 
 
 def token_counts(token_lists: list[list[int]], vocab_size: int) -> torch.Tensor:
@@ -39,10 +42,11 @@ def token_counts(token_lists: list[list[int]], vocab_size: int) -> torch.Tensor:
 
 def apply_penalties(logits: torch.Tensor, prompt_ids: list[list[int]], output_ids: list[list[int]],
                     presence: torch.Tensor, frequency: torch.Tensor, repetition: torch.Tensor) -> torch.Tensor:
-    vocab = logits.shape[-1]
-    output_counts = token_counts(output_ids, vocab)
+    vocab, device = logits.shape[-1], logits.device  # counted on the host, applied where the logits are
+    output_counts = token_counts(output_ids, vocab).to(device, non_blocking=True)
     output_seen = output_counts > 0
-    seen = (token_counts(prompt_ids, vocab) > 0) | output_seen
+    seen = (token_counts(prompt_ids, vocab).to(device, non_blocking=True) > 0) | output_seen
+    presence, frequency, repetition = (p.to(device, non_blocking=True) for p in (presence, frequency, repetition))
     penalty = torch.where(seen, repetition.unsqueeze(1), torch.ones_like(logits))
     logits = torch.where(logits > 0, logits / penalty, logits * penalty)
     logits -= frequency.unsqueeze(1) * output_counts

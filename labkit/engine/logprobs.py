@@ -28,7 +28,7 @@ class LogprobsComputer:
     def positions(self, logits: torch.Tensor, chosen: list[int], top: list[int]) -> list[PositionLogprobs]:
         """For each row of `logits` ([rows, vocab]): the chosen token's entry and row i's `top[i]` best ones."""
         logprobs = logits.float().log_softmax(dim=-1)
-        chosen_ids = torch.tensor(chosen, dtype=torch.long).unsqueeze(1)
+        chosen_ids = torch.tensor(chosen, dtype=torch.long).unsqueeze(1).to(logits.device, non_blocking=True)
         chosen_lp = logprobs.gather(1, chosen_ids)
         # rank: 1 + how many tokens are strictly likelier (vLLM's batched_count_greater_than)
         ranks = (logprobs > chosen_lp).sum(dim=-1).add_(1).tolist()

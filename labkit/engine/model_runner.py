@@ -133,16 +133,16 @@ class ModelRunner:
                 sampling_rows.append(len(keep))
                 keep.append(first + item.num_tokens - 1)
                 samplers.append(item)
-        device, page_size = self.device, self.page_size
+        page_size = self.page_size
         positions_cpu = torch.tensor(positions)
         write_pages = self.input_batch.block_table[torch.tensor(token_rows), positions_cpu // page_size]
-        batch = AttentionBatch(write_slots=(write_pages * page_size + positions_cpu % page_size).to(device),
+        batch = AttentionBatch(write_slots=self._upload(write_pages * page_size + positions_cpu % page_size),
                                num_decode=len(decodes), prefills=tuple(chunks))
         if decodes:
             self._describe_decodes(batch, decodes)
-        token_tensor = torch.tensor(token_ids, device=device)
-        position_tensor = positions_cpu.to(device)
-        keep_tensor = torch.tensor(keep, dtype=torch.long, device=device)
+        token_tensor = self._upload(torch.tensor(token_ids))
+        position_tensor = self._upload(positions_cpu)
+        keep_tensor = self._upload(torch.tensor(keep, dtype=torch.long))
         self.attention.batch = batch
         try:
             if self.lean is not None:
@@ -153,9 +153,15 @@ class ModelRunner:
             if not prompt_rows:
                 return logits, samplers
             self.prompt_logits = {rid: logits[first:first + n] for rid, (first, n) in prompt_rows.items()}
-            return logits[sampling_rows], samplers
+            return logits.index_select(0, self._upload(torch.tensor(sampling_rows, dtype=torch.long))), samplers
         finally:
             self.attention.batch = None
+
+    def _upload(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor of the step built on the host (indices, a mask), on the model's device. non_blocking: a
+        copy from pageable host memory is staged before the call returns, and without it each copy would also
+        wait for the GPU's queue to drain (a host-device sync per tensor). On the CPU it is the tensor itself."""
+        return tensor.to(self.device, non_blocking=True)
 
     def _prefill_chunk(self, first: int, start: int, end: int, row: int) -> PrefillChunk:
         if start == 0:
@@ -164,7 +170,7 @@ class ModelRunner:
         # prompt and causally to itself.
         query_positions = torch.arange(start, end, device=self.device).unsqueeze(1)
         mask = torch.arange(end, device=self.device).unsqueeze(0) <= query_positions
-        pages = self.input_batch.block_table[row, :-(-end // self.page_size)].to(self.device)
+        pages = self._upload(self.input_batch.block_table[row, :-(-end // self.page_size)])
         return PrefillChunk(first, first + end - start, context_pages=pages, mask=mask, context_len=end)
 
     def _describe_decodes(self, batch: AttentionBatch, decodes: list[ScheduledRequest]) -> None:
@@ -173,7 +179,7 @@ class ModelRunner:
         contexts = torch.tensor([d.start + 1 for d in decodes])  # the cached tokens and the new one
         most = -(-int(contexts.max()) // self.page_size)
         rows = self.input_batch.rows(d.request_id for d in decodes)
-        batch.decode_pages = self.input_batch.block_table[rows, :most].reshape(-1).to(self.device)
+        batch.decode_pages = self._upload(self.input_batch.block_table[rows, :most].reshape(-1))
         hidden = torch.arange(most * self.page_size).unsqueeze(0) >= contexts.unsqueeze(1)
         mask = torch.zeros(hidden.shape, dtype=self.kv_shape.dtype).masked_fill_(hidden, float("-inf"))
-        batch.decode_mask = mask.view(len(decodes), 1, 1, -1).to(self.device)
+        batch.decode_mask = self._upload(mask.view(len(decodes), 1, 1, -1))

@@ -98,11 +98,12 @@ class Sampler:
     def _draw(self, logits: torch.Tensor, requests: list[Request], sampled_rows: list[int]) -> list[int | None]:
         params = [requests[row].params for row in sampled_rows]
         chosen = logits[sampled_rows]
-        temperatures = torch.tensor([p.temperature for p in params], device=logits.device)
+        # Built on the host and copied without waiting (a GPU's queue is not drained for them), and min_p's test
+        # is on the parameters, not on a device tensor whose answer would have to come back.
+        temperatures = torch.tensor([p.temperature for p in params]).to(logits.device, non_blocking=True)
         chosen.div_(temperatures.unsqueeze(1))
-        min_p = torch.tensor([p.min_p for p in params], device=logits.device)
-        if bool((min_p > 0).any()):
-            chosen = apply_min_p(chosen, min_p)
+        if any(p.min_p > 0 for p in params):
+            chosen = apply_min_p(chosen, torch.tensor([p.min_p for p in params]).to(logits.device, non_blocking=True))
         vocab = logits.shape[-1]  # a top_k past the vocabulary keeps all of it
         top_k = torch.tensor([min(p.top_k, vocab) for p in params])
         top_p = torch.tensor([p.top_p for p in params])
