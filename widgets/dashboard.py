@@ -15,7 +15,9 @@ import ipywidgets as w
 
 from labkit import monitor
 
-from .panels import HISTORY, LatencyPanel, MemoryPanel, QueuePanel, ThroughputPanel
+from labkit.monitor.slo import SLO
+
+from .panels import HISTORY, GoodputPanel, LatencyPanel, MemoryPanel, QueuePanel, ThroughputPanel
 
 
 def _fmt(value, scale: float = 1.0, unit: str = "", digits: int = 0) -> str:
@@ -29,7 +31,9 @@ class Dashboard(w.VBox):
         self.source = monitor.source(source, window_s=window_s)
         self.latency, self.throughput = LatencyPanel(history), ThroughputPanel(history)
         self.queue, self.memory = QueuePanel(history), MemoryPanel(history)
-        self.panels = (self.latency, self.throughput, self.queue, self.memory)
+        self.goodput = GoodputPanel(history)
+        self.panels = (self.latency, self.throughput, self.queue, self.memory, self.goodput)
+        self.slo_sliders = self._slo_sliders()
         self.summary = w.HTML("<i>not started</i>")
         self.start_button = w.Button(description="Start", icon="play", button_style="success")
         self.stop_button = w.Button(description="Stop", icon="stop")
@@ -41,6 +45,8 @@ class Dashboard(w.VBox):
             w.HBox([self.start_button, self.stop_button, self.summary]),
             w.HBox([self.latency.figure, self.throughput.figure]),
             w.HBox([self.queue.figure, self.memory.figure]),
+            w.HBox([self.goodput.figure, w.VBox([w.HTML("<b>SLOs</b> (0: off)"), *self.slo_sliders.values(),
+                                                 self.slo_note])]),
         ])
         self._buttons()
         if start:
@@ -83,7 +89,30 @@ class Dashboard(w.VBox):
             f"TTFT p99 {_fmt(s.ttft.p99, 1000, ' ms')}, batch {_fmt(s.batch_size, digits=1)} · now "
             f"{_fmt(s.running)} running, {_fmt(s.waiting)} waiting, KV {_fmt(s.kv_usage, 100, '%')}"
             + (f", {_fmt(s.replicas)} replicas" if s.replicas is not None else "")
+            + f" · goodput {_fmt(s.goodput.fraction, 100, '%')} of {s.goodput.judged:.0f} judged"
             + f" · {s.requests_total} requests in all")
+
+    # ---- SLOs ----
+    def _slo_sliders(self) -> dict[str, w.IntSlider]:
+        """One slider per SLO, starting at the source's own. Moving one re-judges the recent window at once,
+        where the source keeps each request's timings (in-process); a remote server's goodput comes from its
+        counters, judged against its own --slo flags, so there the sliders are shown disabled."""
+        slo = getattr(self.source, "slo", None)
+        adjustable = slo is not None
+        slo = slo or SLO()
+        self.slo_note = w.HTML("" if adjustable else "<small>judged by the server against its --slo flags</small>")
+        sliders = {}
+        for field, label, most in (("ttft_ms", "TTFT ms", 5000), ("itl_ms", "ITL ms", 1000), ("e2e_ms", "e2e ms", 30000)):
+            value = getattr(slo, field)
+            sliders[field] = w.IntSlider(value=int(value or 0), min=0, max=max(most, int(value or 0)),
+                                         step=10, description=label, continuous_update=False, disabled=not adjustable)
+            sliders[field].observe(lambda _: self._rejudge(), names="value")
+        return sliders
+
+    def _rejudge(self) -> None:
+        self.source.slo = SLO(**{field: (slider.value or None) for field, slider in self.slo_sliders.items()})
+        if self.last is not None:
+            self.refresh()
 
     def _show_error(self, error: Exception) -> None:
         self.summary.value = f"<span style='color:#b00'>cannot read the source: {html.escape(str(error))}</span>"

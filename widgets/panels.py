@@ -107,3 +107,18 @@ class MemoryPanel(Panel):
         total = memory.total_bytes if memory.is_gpu else None  # machine RAM would dwarf a process's RSS
         return (None if memory.used_bytes is None else memory.used_bytes / 2**30,
                 None if total is None else total / 2**30)
+
+
+class GoodputPanel(Panel):
+    """Requests per second that met every SLO, and those that missed, by the phase that broke them (queue,
+    prefill, decode): when load passes the knee, throughput still rises while goodput falls."""
+
+    title = "Goodput (req/s)"
+    yaxis = "requests/s"
+    traces = ("within SLO", "missed in queue", "missed in prefill", "missed in decode")
+
+    def values(self, s: Snapshot):
+        g = s.goodput
+        if g.requests_per_s is None or not s.window_s:
+            return None, None, None, None
+        return g.requests_per_s, *(g.missed[phase] / s.window_s for phase in ("queue", "prefill", "decode"))

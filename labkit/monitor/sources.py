@@ -18,7 +18,8 @@ from . import engine_names, scrape
 from .devices import DeviceProbe, MemoryReading
 from .events import EventBus, now
 from .percentiles import histogram_quantile
-from .stats import RollingStats, Snapshot, Summary
+from .slo import PHASES, SLO
+from .stats import Goodput, RollingStats, Snapshot, Summary
 
 DEFAULT_WINDOW_S = 30.0
 
@@ -39,7 +40,8 @@ class LocalSource:
             raise TypeError(f"cannot monitor a {type(target).__name__}: give a URL, an EventBus, or an object with "
                             f"a .bus (labkit.LLM, labkit.AsyncLLM, the handle labkit.serve returns)")
         self.bus = bus
-        self.stats = RollingStats(window_s)
+        config = getattr(getattr(getattr(target, "app", None), "state", None), "config", None)
+        self.stats = RollingStats(window_s, slo=getattr(config, "slo", SLO()))  # a served app's own SLOs
         self._probe = DeviceProbe()
         self._unsubscribe = self.stats.attach(bus)
 
@@ -48,6 +50,15 @@ class LocalSource:
         if memory.utilization_perc is not None:  # the probe reads percent; a Snapshot, like every _perc, 0 to 1
             memory = _replace(memory, utilization_perc=memory.utilization_perc / 100)
         return _replace(self.stats.snapshot(), memory=memory)
+
+    @property
+    def slo(self) -> SLO:
+        """The SLOs goodput is judged against; set it to re-judge the window's requests at the next read."""
+        return self.stats.slo
+
+    @slo.setter
+    def slo(self, slo: SLO) -> None:
+        self.stats.slo = slo
 
     def close(self) -> None:
         self._unsubscribe()
@@ -156,8 +167,34 @@ def snapshot_from_scrapes(new: scrape.Samples, old: scrape.Samples | None, span_
         replicas=scrape.value(new, "labkit:replicas"),
         requests_total=int(scrape.value(new, "labkit:request_success_total") or 0),
         tokens_total=int(scrape.value(new, "labkit:generation_tokens_total") or 0),
+        goodput=_goodput_from_scrape(new, old, span_s) if windowed else Goodput(),
         memory=_memory_from_scrape(new), source=label,
         notes=("percentiles interpolated from histogram buckets",))
+
+
+def _goodput_from_scrape(new: scrape.Samples, old: scrape.Samples | None, span_s: float) -> Goodput:
+    """Goodput from the server's own judgement (its counters, against its --slo flags); empty for an engine
+    that does not count it (vLLM)."""
+    good = scrape.increase(new, old, "labkit:goodput_requests_total")
+    if good is None:
+        return Goodput()
+
+    def by_label(samples, name: str, label: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for labels, value in (samples or {}).get(name, {}).items():
+            key = dict(labels).get(label, "")
+            out[key] = out.get(key, 0.0) + value
+        return out
+
+    now, before = by_label(new, MISSED, "phase"), by_label(old, MISSED, "phase")
+    missed = {phase: max(now.get(phase, 0.0) - before.get(phase, 0.0), 0.0) for phase in PHASES}
+    targets = {dict(labels).get("slo"): seconds for labels, seconds in new.get("labkit:slo_target_seconds", {}).items()}
+    slo = SLO(**{f"{name}_ms": seconds * 1000 for name, seconds in targets.items()
+                 if name in ("ttft", "itl", "e2e") and seconds > 0})
+    return Goodput(slo, good / span_s, good + sum(missed.values()), good, missed)
+
+
+MISSED = "labkit:slo_missed_requests_total"
 
 
 def _mean(samples: scrape.Samples, name: str) -> float | None:

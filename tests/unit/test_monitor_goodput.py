@@ -10,7 +10,8 @@ pytestmark = pytest.mark.unit
 
 
 def finished(t, queue, ttft, e2e, itl=(0.02, 0.02), reason="stop"):
-    return RequestFinished("engine", t=t, finish_reason=reason, prompt_tokens=5, output_tokens=3, queue_s=queue,
+    timing = {} if t is None else {"t": t}
+    return RequestFinished("engine", **timing, finish_reason=reason, prompt_tokens=5, output_tokens=3, queue_s=queue,
                            ttft_s=ttft, e2e_s=e2e, itl_s=itl)
 
 
@@ -39,3 +40,35 @@ def test_moving_the_slo_rejudges_the_same_window():
     assert (by_itl.good, by_itl.missed["decode"]) == (2, 1)
     assert stats.snapshot(at=10.0).goodput.good == 1  # the stats' own SLO is unchanged
     assert stats.snapshot(at=10.0, slo=SLO()).goodput.fraction == 1.0  # no SLO: every finished request is good
+
+
+def test_a_remote_source_reads_goodput_from_the_servers_counters():
+    from labkit.monitor import ServingMetrics, scrape
+    from labkit.monitor.sources import snapshot_from_scrapes
+
+    metrics = ServingMetrics(model_name="m", slo=SLO(ttft_ms=100, e2e_ms=1000))
+    before = scrape.parse(metrics.render())
+    for queue, ttft, e2e in ((0.01, 0.05, 0.3), (0.2, 0.3, 0.5), (0.01, 0.05, 3.0), (0.01, 0.05, 0.2)):
+        metrics.record_finished(finish_reason="stop", prompt_tokens=3, output_tokens=2, queue_s=queue, ttft_s=ttft,
+                                e2e_s=e2e, itl_s=(0.01,))
+    g = snapshot_from_scrapes(scrape.parse(metrics.render()), before, 2.0, "test").goodput
+    assert (g.good, g.judged, g.missed) == (2, 4, {"queue": 1, "prefill": 0, "decode": 1})
+    assert g.requests_per_s == pytest.approx(1.0) and g.slo == SLO(ttft_ms=100, e2e_ms=1000)
+    assert snapshot_from_scrapes(scrape.parse(metrics.render()), None, 0.0, "test").goodput.requests_per_s is None
+
+
+def test_a_local_source_of_a_server_judges_against_its_slo_and_can_be_moved():
+    from types import SimpleNamespace
+
+    from labkit import ServerConfig
+    from labkit.monitor import EventBus, source
+
+    bus = EventBus()
+    server = SimpleNamespace(bus=bus, app=SimpleNamespace(state=SimpleNamespace(config=ServerConfig(
+        slo=SLO(ttft_ms=100)))))
+    local = source(server, window_s=60)
+    bus.publish(finished(None, 0.01, 0.3, 0.5))
+    assert local.slo == SLO(ttft_ms=100) and local.read().goodput.missed["prefill"] == 1
+    local.slo = SLO(ttft_ms=500)
+    assert local.read().goodput.good == 1
+    local.close()

@@ -68,3 +68,24 @@ def test_history_is_bounded_and_memory_panel_says_what_it_shows():
     gpu = MemoryReading("gpu", 2 * 2**30, 80 * 2**30, 10.0, "GPU memory (NVML, 1 device)")
     memory.draw(Snapshot(t=2000.0, window_s=1, memory=gpu))
     assert "GPU" in memory.figure.layout.title.text and memory.figure.data[1].y[-1] == 80.0
+
+
+def test_goodput_panel_and_slo_sliders_rejudge_the_window():
+    from labkit.monitor import EventBus, RequestFinished
+
+    bus = EventBus()
+    dash = Dashboard(bus, start=False, window_s=60)
+    assert all(not s.disabled and s.value == 0 for s in dash.slo_sliders.values())  # no SLO: all off
+    for ttft in (0.05, 0.3, 0.6):
+        bus.publish(RequestFinished("engine", finish_reason="stop", output_tokens=3, queue_s=0.01, ttft_s=ttft,
+                                    e2e_s=ttft + 0.1, itl_s=(0.05,)))
+    dash.refresh()
+    good = dash.goodput.figure.data
+    assert good[0].name == "within SLO" and good[0].y[-1] > 0 and good[2].y[-1] == 0
+    dash.slo_sliders["ttft_ms"].value = 200  # two of the three now miss in prefill
+    assert dash.source.slo.ttft_ms == 200 and len(good[0].x) == 2
+    assert good[2].y[-1] == pytest.approx(2 * good[0].y[-1]) and "33%" in dash.summary.value
+    dash.close()
+    remote = Dashboard("http://127.0.0.1:9", start=False)
+    assert all(s.disabled for s in remote.slo_sliders.values()) and "--slo" in remote.slo_note.value
+    remote.close()
