@@ -32,6 +32,12 @@ def format_snapshot(s: Snapshot) -> str:
     lines.append(f"now          {_num(s.running, digits=0)} running, {_num(s.waiting, digits=0)} waiting, "
                  f"KV cache {_num(s.kv_usage, 100, 0, '%')} used"
                  + (f", {_num(s.replicas, digits=0)} replicas" if s.replicas is not None else ""))
+    g = s.goodput
+    if g.requests_per_s is not None:
+        targets = ", ".join(f"{name} {seconds * 1000:g} ms" for name, seconds in g.slo.targets_s().items())
+        missed = ", ".join(f"{phase} {count:.0f}" for phase, count in g.missed.items())
+        lines.append(f"goodput      {_num(g.requests_per_s, digits=2)} requests/s within SLO ({targets or 'no SLO set'}), "
+                     f"{_num(g.fraction, 100, 0, '%')} of {g.judged:.0f}; missed in {missed}")
     m = s.memory
     if m is not None:
         total = f" of {_num(m.total_bytes, 2**-30, 1)} GiB" if m.total_bytes and m.is_gpu else ""

@@ -72,3 +72,10 @@ def test_a_local_source_of_a_server_judges_against_its_slo_and_can_be_moved():
     local.slo = SLO(ttft_ms=500)
     assert local.read().goodput.good == 1
     local.close()
+
+
+def test_the_console_says_goodput_against_which_slo():
+    from labkit.monitor import format_snapshot
+
+    text = format_snapshot(window().snapshot(at=10.0))
+    assert "goodput      0.10 requests/s within SLO (ttft 100 ms), 33% of 3; missed in queue 1, prefill 1" in text
