@@ -108,5 +108,13 @@ grafana: $(VENV)/.installed
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests -m unit $(PYTEST_ARGS)
 
+# The GPU check (scripts/gpu_check.py): the gpu tests, `labkit bench engine --device cuda` and `labkit info`'s NVML
+# readings in under 8 minutes, into one log. No setup prerequisite: a borrowed GPU machine without internet runs it
+# with its own python3 and the wheels and model files of .gpu-bundle (`python3 scripts/gpu_check.py --bundle`).
+# Without CUDA it says so and succeeds.
+.PHONY: gpu-check
+gpu-check:
+	python3 scripts/gpu_check.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache  # $(VLLM_VENV) stays: remove it by hand
