@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import httpx
 
 from ..monitor.percentiles import percentile
+from ..monitor.slo import SLO
 
 PROMPTS = (
     "Explain what a hash table is.", "Write a short poem about the sea.", "What causes the seasons on Earth?",
@@ -72,20 +73,6 @@ class Result:
     e2e_s: float = 0.0
     itl_s: list[float] = field(default_factory=list)
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class SLO:
-    ttft_ms: float | None = None
-    itl_ms: float | None = None  # on each request's mean inter-token latency
-    e2e_ms: float | None = None
-
-    def met(self, r: Result) -> bool:
-        if not r.ok:
-            return False
-        mean_itl = sum(r.itl_s) / len(r.itl_s) if r.itl_s else 0.0
-        return all(limit is None or value is not None and value * 1000 <= limit
-                   for limit, value in ((self.ttft_ms, r.ttft_s), (self.itl_ms, mean_itl), (self.e2e_ms, r.e2e_s)))
 
 
 async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int,
@@ -166,8 +153,8 @@ def summarise(results: list[Result], wall_s: float, slo: SLO, structured: bool =
     }
     if structured:  # outputs cut by max_tokens are unfinished JSON: they count as not parsing
         summary["outputs_parsing_as_json"] = sum(_parses(r.text) for r in ok)
-    if any(v is not None for v in (slo.ttft_ms, slo.itl_ms, slo.e2e_ms)):
-        good = sum(slo.met(r) for r in results)
+    if slo.is_set:
+        good = sum(r.ok and slo.met(ttft_s=r.ttft_s, e2e_s=r.e2e_s, itl_s=r.itl_s) for r in results)
         summary["slo"] = {k: v for k, v in vars(slo).items() if v is not None}
         summary["goodput_requests_per_s"] = good / wall_s if wall_s else 0.0
         summary["slo_attainment"] = good / len(results) if results else 0.0
