@@ -186,13 +186,29 @@ def slo_from(args: argparse.Namespace):
     return SLO(ttft_ms=args.slo_ttft_ms, itl_ms=args.slo_itl_ms, e2e_ms=args.slo_e2e_ms)
 
 
+def add_observability_arguments(parser: argparse.ArgumentParser, whose: str) -> None:
+    """The access log, traces and log level: the same flags on serve and up."""
+    from .monitor.logs import ENV, LEVELS
+
+    parser.add_argument("--access-log", metavar="PATH", default=None,
+                        help=f"append one ECS JSON line per request{whose} to PATH ('-' for stdout)")
+    parser.add_argument("--otlp-traces-endpoint", metavar="URL", default=None,
+                        help=f"send a trace span per request{whose} to this OTLP/HTTP collector, e.g. "
+                             "http://127.0.0.1:4318/v1/traces (default: no tracing)")
+    parser.add_argument("--log-level", type=str.lower, choices=LEVELS, default=None,
+                        help=f"labkit's own logs (ECS JSON on stderr) from this level up (default: ${ENV}, else info)")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
+    from .monitor.logs import configure_logging, log_level
     from .openmp import restart_tuned
 
+    level = log_level(args.log_level)
     if args.tune:
         restart_tuned()  # tcmalloc preloaded: it only works from process start
+    configure_logging(level)
     from .config import ServerConfig
     from .models import load_model
     from .server import run_server
@@ -203,7 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                           access_log=args.access_log, embed_max_batch_size=args.embed_max_batch_size,
                           embed_max_queue_delay_ms=args.embed_max_queue_delay_ms,
                           shutdown_grace_s=args.drain_timeout, allowed_hosts=tuple(args.allowed_hosts),
-                          slo=slo_from(args))
+                          slo=slo_from(args), otlp_traces_endpoint=args.otlp_traces_endpoint)
     if args.optimize is not None:  # refuse before a long load and conversion, not after
         from .optimize import OPTIMIZERS, OUTSIDE_ENGINE
 
@@ -232,7 +248,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not args.adapt_threads:
         engine_options["adapt_threads"] = False
     engine_options["cpu_threads"] = engine_threads
-    run_server(models, config, engine_options=engine_options)
+    run_server(models, config, engine_options=engine_options, log_level=level)
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> None:
@@ -310,7 +326,7 @@ def add_serve_commands(commands, bench_commands) -> None:
                        help="also answer requests whose Host header names NAME (repeatable; '*' for any). By "
                             "default only loopback names and the bound address are answered, which stops web "
                             "pages from reaching the server through DNS rebinding")
-    serve.add_argument("--access-log", metavar="PATH", default=None, help="JSON-lines access log ('-' for stdout)")
+    add_observability_arguments(serve, "")
     add_slo_arguments(serve)
     serve.add_argument("--embed-max-batch-size", type=positive_int, default=32,
                        help="dynamic batcher: most texts per encoder call (default 32)")
@@ -359,6 +375,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     import threading
 
     from .config import RouterConfig, ScaleConfig
+    from .monitor.logs import configure_logging, log_level
     from .route import POLICIES
     from .scale import up
 
@@ -376,10 +393,19 @@ def cmd_up(args: argparse.Namespace) -> None:
     router = RouterConfig(host=args.host, port=args.port, policy=args.policy,
                           max_outstanding_per_replica=args.max_outstanding,
                           api_key=args.api_key or os.environ.get("LABKIT_API_KEY") or None,
-                          allowed_hosts=tuple(args.allowed_hosts), drain_timeout_s=args.drain_timeout)
+                          allowed_hosts=tuple(args.allowed_hosts), drain_timeout_s=args.drain_timeout,
+                          access_log=args.access_log, otlp_traces_endpoint=args.otlp_traces_endpoint)
     serve_args = ["--device", args.device, "--dtype", args.dtype]
     if args.max_num_seqs:
         serve_args += ["--max-num-seqs", str(args.max_num_seqs)]
+    level = log_level(args.log_level)
+    serve_args += ["--log-level", level]
+    for flag, value in (("--access-log", args.access_log), ("--otlp-traces-endpoint", args.otlp_traces_endpoint)):
+        if value is not None:  # the replicas too: their lines share the file, their spans the trace
+            serve_args += [flag, value]
+    if args.backend == "ray" and (args.access_log or args.otlp_traces_endpoint):
+        raise ValueError("--access-log and --otlp-traces-endpoint need --backend local (Ray Serve has its own)")
+    configure_logging(level)
     for flag, value in (("--slo-ttft-ms", args.slo_ttft_ms), ("--slo-itl-ms", args.slo_itl_ms),
                         ("--slo-e2e-ms", args.slo_e2e_ms)):
         if value is not None:
@@ -470,6 +496,7 @@ def add_up_command(commands) -> None:
     up.add_argument("--threads-per-replica", type=positive_int, default=None,
                     help="torch threads per replica (default: the cores split evenly)")
     up.add_argument("--max-num-seqs", type=positive_int, default=None, help="each replica's running batch size")
+    add_observability_arguments(up, " (the router's and the replicas')")
     up.add_argument("--backend", choices=["local", "ray"], default="local",
                     help="local: replica processes on this machine (default); ray: the same replicas as a Ray Serve "
                          "deployment, on a local Ray instance or a cluster (needs the 'ray' extra)")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .monitor.slo import SLO
+from .monitor.tracing import traces_url
 
 
 def cache_dir() -> Path:
@@ -82,7 +83,8 @@ class ServerConfig:
     body_timeout_s: float = 30.0  # and then its whole body within this (else 408)
     embed_max_batch_size: int = 32  # dynamic batcher for /v1/embeddings: most texts per encoder call
     embed_max_queue_delay_ms: float = 5.0  # how long the first text waits for others to join its batch
-    access_log: str | None = None  # path of a JSON-lines access log ("-" for stdout); None turns it off
+    access_log: str | None = None  # path of the access log, ECS JSON lines ("-" for stdout); None turns it off
+    otlp_traces_endpoint: str | None = None  # OTLP/HTTP collector for request traces (vLLM's name); None: no tracing
     slo: SLO = SLO()  # latency targets finished requests are judged against (goodput in /metrics)
 
     def __post_init__(self) -> None:
@@ -94,6 +96,8 @@ class ServerConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"ServerConfig: out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+        if self.otlp_traces_endpoint is not None:
+            traces_url(self.otlp_traces_endpoint)  # a ValueError saying what is wrong with it
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class RouterConfig:
     drain_timeout_s: float = 30.0  # on stop, in-flight requests get this long; then each ends with an error
     header_timeout_s: float = 10.0  # a client must send its request line and headers within this (slowloris)
     body_timeout_s: float = 30.0  # and its whole body within this once the headers are in (else 408)
+    access_log: str | None = None  # path of the router's access log, ECS JSON lines ("-" for stdout); None: none
+    otlp_traces_endpoint: str | None = None  # OTLP/HTTP collector for request traces (vLLM's name); None: no tracing
 
     def __post_init__(self) -> None:
         checks = {"port": 0 <= self.port < 65536, "max_outstanding_per_replica": self.max_outstanding_per_replica >= 1,
@@ -132,6 +138,8 @@ class RouterConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"RouterConfig: out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+        if self.otlp_traces_endpoint is not None:
+            traces_url(self.otlp_traces_endpoint)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ from ..monitor.events import EventBus
 from ..monitor.percentiles import percentile
 from ..monitor import federate
 from ..monitor.metrics import CONTENT_TYPE, FleetMetrics
+from ..monitor.tracing import TRACE_HEADERS, Tracing
+from ..server.access_log import AccessLog, RequestContextMiddleware
 from ..server.errors import APIError
 from ..server.hardening import BodyTimeout, read_body_within
 from .asgi import Exchange, complete_events, respond as _respond, respond_error
@@ -46,7 +48,7 @@ FORWARDED = ("POST", {"/v1/completions", "/v1/chat/completions", "/v1/embeddings
                       "/detokenize"})
 KEYED = ("/tokenize", "/detokenize")  # outside /v1/ but the replica's tokenizer: the API key guards them too
 MODEL_PATH = "/v1/models/"  # GET /v1/models/{id}: routed by the id in the path, as POSTs are by their `model`
-REQUEST_HEADERS = {b"content-type", b"authorization", b"x-request-id", b"accept"}
+REQUEST_HEADERS = {b"content-type", b"authorization", b"x-request-id", b"accept", *TRACE_HEADERS}
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "date", "server"}
 RETRYABLE_STATUS = {429, 503}
 MAX_EVENT_BYTES = 1 << 20  # an event stream that sends this much without a blank line is passed on as it comes
@@ -72,6 +74,10 @@ class Router:
         self.accepting = True  # False once draining: new requests get 503
         self.exchanges: set[Exchange] = set()  # every HTTP request being answered now
         self._drain_deadline: float | None = None
+        c = self.config  # each request passes through the access log and, when tracing, a span of the router's
+        self.access_log = AccessLog(c.access_log, service="labkit-router") if c.access_log else None
+        self.tracing = Tracing(c.otlp_traces_endpoint, "labkit-router") if c.otlp_traces_endpoint else None
+        self._front = RequestContextMiddleware(self._exchange, access_log=self.access_log, tracing=self.tracing)
         self.metrics = FleetMetrics(replicas=lambda: sum(len(p.ready()) for p in self.pools.values()),
                                     desired=lambda: sum(getattr(p, "target", len(p.ready()))
                                                         for p in self.pools.values()),
@@ -131,8 +137,10 @@ class Router:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
             return await self._lifespan(receive, send)
-        if scope["type"] != "http":
-            return
+        if scope["type"] == "http":
+            await self._front(scope, receive, send)
+
+    async def _exchange(self, scope, receive, send):
         exchange = Exchange(send, asyncio.current_task())
         self.exchanges.add(exchange)
         try:
@@ -209,6 +217,10 @@ class Router:
             elif message["type"] == "lifespan.shutdown":
                 if self.client is not None:
                     await self.client.aclose()
+                if self.access_log is not None:
+                    self.access_log.close()
+                if self.tracing is not None:
+                    await asyncio.to_thread(self.tracing.shutdown)  # the spans still batched are sent now
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -258,6 +270,9 @@ class Router:
             del fields["model"]  # the pool's own name: each replica serves it as its default model
             body = json.dumps(fields).encode()  # nested no deeper than what was just parsed
         forward = [(k, v) for k, v in scope["headers"] if k in REQUEST_HEADERS]
+        state = scope["state"]
+        if state["span"] is not None:  # the replica's span becomes a child of the router's
+            forward = [(k, v) for k, v in forward if k not in TRACE_HEADERS] + self.tracing.headers_for(state["span"])
         session = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-session-id"), None)
 
         async def watch():
@@ -266,7 +281,7 @@ class Router:
 
         watcher = asyncio.create_task(watch())  # a client gone is noticed at once, even while waiting
         pump = asyncio.create_task(self._dispatch(scope["method"], scope["path"], body, fields, forward, session,
-                                                  self.pools[pool_name], exchange))
+                                                  self.pools[pool_name], exchange, state))
         try:
             await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -300,7 +315,7 @@ class Router:
             return None, 429
         return self.policy.choose(free, self.load, key if self.policy.name == "prefix_affinity" else None), 200
 
-    async def _dispatch(self, method, path, body, fields, forward, session, pool, exchange: Exchange):
+    async def _dispatch(self, method, path, body, fields, forward, session, pool, exchange: Exchange, state: dict):
         send = exchange.send
         key = self._key(fields, session) if self.policy.name == "prefix_affinity" else None
         tried, status, last_error = [], 503, None
@@ -328,6 +343,7 @@ class Router:
                     status, last_error = upstream.status_code, f"replica answered {upstream.status_code}"
                     continue
                 self.requests.labels(replica=replica.name, policy=self.policy.name).inc()
+                _note_replica(state, replica.name)
                 if await self._pass_through(upstream, replica, exchange) and upstream.status_code == 200:
                     self.latencies.append((time.monotonic(), time.monotonic() - started))
                 return
@@ -415,3 +431,10 @@ class Router:
             self._model_ids[name] = ids
             return cards
         return []
+
+
+def _note_replica(state: dict, name: str) -> None:
+    """The replica that answers, in the access log (labkit.replica) and on the router's span."""
+    state["log"]["replica"] = name
+    if state["span"] is not None:
+        state["span"].set_attribute("labkit.replica", name)

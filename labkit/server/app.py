@@ -6,6 +6,7 @@ Run it with `labkit serve`, `labkit.serve(...)` (background, for notebooks) or a
 """
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from importlib import metadata
 
@@ -16,6 +17,7 @@ from ..config import ServerConfig
 from ..models import LoadedModel
 from ..monitor.events import EventBus
 from ..monitor.metrics import ServingMetrics
+from ..monitor.tracing import Tracing
 from .access_log import AccessLog, RequestContextMiddleware
 from .errors import install_error_handlers
 from .hardening import HostGuard, allowed_hosts_for
@@ -44,6 +46,7 @@ def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(),
                              kv_usage=lambda: services.kv_usage())
     services = Services(models, config, metrics, engine_options, bus=bus)
     access_log = AccessLog(config.access_log) if config.access_log else None
+    tracing = Tracing(config.otlp_traces_endpoint, "labkit-server") if config.otlp_traces_endpoint else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -54,12 +57,15 @@ def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(),
             await services.stop(config.shutdown_grace_s)
             if access_log is not None:
                 access_log.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)  # the spans still batched are sent now
 
     app = FastAPI(title="labkit", version=metadata.version("labkit"), description=DESCRIPTION, lifespan=lifespan)
     app.state.config = config
     app.state.services = services
     app.state.metrics = metrics
     app.state.bus = bus
+    app.state.tracing = tracing
     install_error_handlers(app)
     app.include_router(meta.router)
     app.include_router(generate.router)
@@ -72,6 +78,6 @@ def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(),
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s)
-    app.add_middleware(RequestContextMiddleware, access_log=access_log, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, access_log=access_log, metrics=metrics, tracing=tracing)
     app.add_middleware(HostGuard, allowed=allowed_hosts_for(config.host, config.allowed_hosts))
     return app

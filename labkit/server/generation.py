@@ -104,11 +104,13 @@ class GenerationJob:
         self.id = request_id
         # The engine's id is unique even when a client reuses its X-Request-Id for concurrent requests.
         self.engine_id = f"{request_id}#{next(services.engine_ids)}"
+        self.params = params
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.cached_tokens = 0
         self.finish_reason: str | None = None
         self.ttft_s: float | None = None
+        self.timings = None  # the engine's RequestMetrics, once it finished the request (the trace's phases)
         self.started = time.perf_counter()
         self.timeout_s = services.config.request_timeout_s
         self.deadline = asyncio.get_running_loop().time() + self.timeout_s
@@ -155,6 +157,7 @@ class GenerationJob:
                 self._engine_done = True
                 self.finish_reason = out.finish_reason
                 self.cached_tokens = out.num_cached_tokens or 0
+                self.timings = out.metrics
                 if self._cancel_reason is not None:
                     raise APIError(503, self._cancel_reason, code="cancelled")
                 if out.finish_reason == "error":  # this request alone failed in the engine; the others go on

@@ -234,11 +234,14 @@ def test_access_log_has_one_json_line_per_request(server, client):
                               extra_headers={"X-Request-Id": "req-logged-1"})
     httpx.post(server.url + "/v1/completions", json={"prompt": 1})
     lines = [json.loads(line) for line in server.access_log_path.read_text().splitlines()]
-    mine = next(rec for rec in lines if rec["request_id"] == "req-logged-1")
-    assert mine["status"] == 200 and mine["model"] == MODEL and mine["completion_tokens"] == 2
-    assert mine["finish_reason"] == "length" and mine["latency_ms"] > 0 and mine["ttft_ms"] is not None
-    assert mine["@timestamp"].endswith("Z") and mine["path"] == "/v1/completions"
-    assert any(rec["status"] == 400 for rec in lines)
+    assert all(rec["@timestamp"].endswith("Z") and rec["log.level"] == "info" and "ecs.version" in rec
+               and "trace" not in rec for rec in lines)  # ECS, and no trace ids with tracing off
+    mine = next(rec for rec in lines if rec["http"]["request"]["id"] == "req-logged-1")
+    assert mine["http"]["response"]["status_code"] == 200 and mine["url"]["path"] == "/v1/completions"
+    assert mine["message"] == "POST /v1/completions 200" and mine["event"]["duration"] > 0
+    assert mine["labkit"]["model"] == MODEL and mine["labkit"]["completion_tokens"] == 2
+    assert mine["labkit"]["finish_reason"] == "length" and mine["labkit"]["ttft_ms"] > 0
+    assert any(rec["http"]["response"]["status_code"] == 400 for rec in lines)
 
 
 def test_a_client_reusing_its_request_id_concurrently_is_served_twice(server):

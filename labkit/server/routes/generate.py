@@ -23,6 +23,7 @@ from ..schemas import (ERROR_RESPONSES, MAX_PROMPTS, ChatCompletion, ChatComplet
 from ..streaming import DONE, SSEResponse
 from ..structured import compile_constraint, requested
 from ..tools import ToolPlan, template_messages, tool_plan
+from ..traces import trace_generation
 
 log = logging.getLogger("labkit.server")
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_api_key)])
@@ -152,12 +153,14 @@ async def _close_choices(choices: ChoiceSet, request: Request, model: str, strea
     request.state.log.update(model=model, stream=stream, prompt_tokens=usage["prompt_tokens"],
                              completion_tokens=usage["completion_tokens"], finish_reason=choices.finish_reason,
                              ttft_ms=round(min(ttfts) * 1000, 2) if ttfts else None)
+    trace_generation(request, [c.job for c in choices.choices if c.job is not None])
 
 
 def _log(request: Request, job, model: str, stream: bool) -> None:
     request.state.log.update(model=model, stream=stream, prompt_tokens=job.prompt_tokens,
                              completion_tokens=job.completion_tokens, finish_reason=job.finish_reason,
                              ttft_ms=None if job.ttft_s is None else round(job.ttft_s * 1000, 2))
+    trace_generation(request, [job])
 
 
 async def _close(job, request: Request, model: str, stream: bool) -> None:
