@@ -9,7 +9,7 @@ from fastapi import Request
 
 def trace_generation(request: Request, jobs: list) -> None:
     """Describe the request's span from its finished `GenerationJob`s (one per choice) and the access-log
-    fields the route has just set (model, stream, token counts)."""
+    fields the route has just set (model, stream, token counts as the client's usage says)."""
     span = request.state.span
     if span is None or not jobs:
         return
@@ -23,7 +23,7 @@ def trace_generation(request: Request, jobs: list) -> None:
         "gen_ai.request.top_p": params.top_p, "gen_ai.request.max_tokens": params.max_tokens,
         "gen_ai.response.finish_reasons": [job.finish_reason or "abort" for job in jobs],
         "gen_ai.usage.input_tokens": fields["prompt_tokens"], "gen_ai.usage.output_tokens": fields["completion_tokens"],
-        "gen_ai.usage.cache_read.input_tokens": sum(job.cached_tokens for job in jobs),
+        "gen_ai.usage.cache_read.input_tokens": fields["cached_tokens"],
     }
     if params.top_k > 0:
         attributes["gen_ai.request.top_k"] = params.top_k

@@ -93,6 +93,7 @@ def test_one_trace_from_the_client_through_the_router_to_the_engine_phases(trace
     assert attributes["gen_ai.response.finish_reasons"] == ["length", "length"]
     assert attributes["gen_ai.usage.input_tokens"] == chat.usage.prompt_tokens
     assert attributes["gen_ai.usage.output_tokens"] == chat.usage.completion_tokens == 10
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == chat.usage.prompt_tokens_details.cached_tokens
     assert 0 < attributes["gen_ai.latency.time_to_first_token"] < attributes["gen_ai.latency.e2e"]
     phases = phases_of(traced["server"], server_span)
     assert sorted(phases) == [0, 1]
@@ -110,6 +111,7 @@ def test_the_access_logs_of_router_and_replica_carry_the_trace(traced):
     assert router_line["service"]["name"] == "labkit-router" and server_line["service"]["name"] == "labkit-server"
     assert router_line["labkit"]["replica"] == "static-0"
     assert server_line["labkit"]["completion_tokens"] == 10 and server_line["labkit"]["finish_reason"] == "length"
+    assert server_line["labkit"]["cached_tokens"] == traced["chat"].usage.prompt_tokens_details.cached_tokens
     assert server_line["http"]["response"]["status_code"] == 200 and server_line["url"]["path"] == "/v1/chat/completions"
     assert 0 < server_line["event"]["duration"] <= router_line["event"]["duration"]
 

@@ -83,8 +83,8 @@ def access_lines(tmp_path, tracing=None) -> list[dict]:
     """The access log of a generation and of a request a guard refused, as the middleware writes them."""
     async def route(scope, receive, send):  # sets what the generation route and the body limit set
         if scope["path"] == "/v1/completions":
-            scope["state"]["log"].update(model="m", stream=False, prompt_tokens=3, completion_tokens=2, ttft_ms=1.5,
-                                         finish_reason="length")
+            scope["state"]["log"].update(model="m", stream=False, prompt_tokens=3, cached_tokens=0,
+                                         completion_tokens=2, ttft_ms=1.5, finish_reason="length")
             status = 200
         else:
             scope["state"]["labkit_error"], status = "body_too_large", 413

@@ -152,6 +152,7 @@ async def _close_choices(choices: ChoiceSet, request: Request, model: str, strea
     ttfts = [c.job.ttft_s for c in choices.choices if c.job is not None and c.job.ttft_s is not None]
     request.state.log.update(model=model, stream=stream, prompt_tokens=usage["prompt_tokens"],
                              completion_tokens=usage["completion_tokens"], finish_reason=choices.finish_reason,
+                             cached_tokens=usage["prompt_tokens_details"]["cached_tokens"],
                              ttft_ms=round(min(ttfts) * 1000, 2) if ttfts else None)
     trace_generation(request, [c.job for c in choices.choices if c.job is not None])
 
@@ -159,6 +160,7 @@ async def _close_choices(choices: ChoiceSet, request: Request, model: str, strea
 def _log(request: Request, job, model: str, stream: bool) -> None:
     request.state.log.update(model=model, stream=stream, prompt_tokens=job.prompt_tokens,
                              completion_tokens=job.completion_tokens, finish_reason=job.finish_reason,
+                             cached_tokens=job.cached_tokens,
                              ttft_ms=None if job.ttft_s is None else round(job.ttft_s * 1000, 2))
     trace_generation(request, [job])
 
