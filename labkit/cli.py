@@ -74,7 +74,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         print("GPUs (NVML)")
         for gpu in gpus:
             print(f"  [{gpu.index}] {gpu.name}: {gpu.memory_used_bytes / 2**30:.1f} / "
-                  f"{gpu.memory_total_bytes / 2**30:.1f} GiB used, utilisation {gpu.utilization_perc:.0f}%")
+                  f"{gpu.memory_total_bytes / 2**30:.1f} GiB used, utilisation {gpu.utilization_perc:.0%}")
     else:
         print("GPUs          none (NVML not available: CUDA paths are off, CPU is used)")
     cpu = cpu_reading()

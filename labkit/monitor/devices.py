@@ -59,7 +59,7 @@ def gpu_readings() -> list[GpuReading]:
         readings.append(GpuReading(
             index=index,
             name=name.decode() if isinstance(name, bytes) else name,
-            utilization_perc=float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+            utilization_perc=nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100,  # NVML says percent
             memory_used_bytes=int(memory.used),
             memory_total_bytes=int(memory.total),
         ))
@@ -73,7 +73,7 @@ def cpu_reading() -> CpuReading:
         logical_cores=os.cpu_count() or 1,
         memory_total_bytes=psutil.virtual_memory().total,
         process_resident_bytes=psutil.Process().memory_info().rss,
-        utilization_perc=psutil.cpu_percent(interval=None),
+        utilization_perc=psutil.cpu_percent(interval=None) / 100,
     )
 
 
@@ -96,7 +96,7 @@ class MemoryReading:
     kind: str  # "gpu" (NVML) or "cpu" (the fallback: process RSS and machine CPU utilisation)
     used_bytes: float | None
     total_bytes: float | None  # GPU: the devices' memory; CPU: the machine's RAM
-    utilization_perc: float | None  # GPU utilisation, or machine CPU utilisation in the fallback
+    utilization_perc: float | None  # GPU utilisation, or machine CPU utilisation in the fallback (0 to 1)
     label: str  # says which it is, for a panel's title
 
     @property
@@ -116,13 +116,13 @@ class DeviceProbe:
         self._process = psutil.Process()
 
     def cpu_utilization_perc(self) -> float:
-        """Machine CPU utilisation (0 to 100) since this probe's last call."""
+        """Machine CPU utilisation (0 to 1) since this probe's last call."""
         now = psutil.cpu_times()
         last, self._last_cpu = self._last_cpu, now
         busy = sum(now) - now.idle - getattr(now, "iowait", 0.0)
         busy_before = sum(last) - last.idle - getattr(last, "iowait", 0.0)
         total = sum(now) - sum(last)
-        return max(0.0, min(100.0, 100.0 * (busy - busy_before) / total)) if total > 0 else 0.0
+        return max(0.0, min(1.0, (busy - busy_before) / total)) if total > 0 else 0.0
 
     def process_resident_bytes(self) -> int:
         return self._process.memory_info().rss

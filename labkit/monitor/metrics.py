@@ -138,13 +138,12 @@ class ServingMetrics:
                 ("labkit:gpu_utilization_perc", "GPU utilisation (0 to 1), per device (NVML).", "utilization_perc"),
                 ("labkit:gpu_memory_used_bytes", "GPU memory in use, per device (NVML).", "memory_used_bytes"),
                 ("labkit:gpu_memory_total_bytes", "GPU memory in all, per device (NVML).", "memory_total_bytes")):
-            scale = 0.01 if field == "utilization_perc" else 1  # NVML reports percent
-            r.register(_ReadAtScrape(name, doc, ("gpu",), lambda field=field, scale=scale: {
-                (g.index,): getattr(g, field) * scale for g in gpu_readings()}))
+            r.register(_ReadAtScrape(name, doc, ("gpu",), lambda field=field: {
+                (g.index,): getattr(g, field) for g in gpu_readings()}))
         Gauge("labkit:process_resident_memory_bytes", "Resident memory of this process.",
               registry=r).set_function(_never_raises(probe.process_resident_bytes))
         Gauge("labkit:cpu_utilization_perc", "Machine CPU utilisation since the last scrape (0 to 1).",
-              registry=r).set_function(_never_raises(lambda: probe.cpu_utilization_perc() / 100))
+              registry=r).set_function(_never_raises(probe.cpu_utilization_perc))
         if bus is not None:
             self.attach(bus)
 

@@ -46,10 +46,7 @@ class LocalSource:
         self._unsubscribe = self.stats.attach(bus)
 
     def read(self) -> Snapshot:
-        memory = self._probe.read()
-        if memory.utilization_perc is not None:  # the probe reads percent; a Snapshot, like every _perc, 0 to 1
-            memory = _replace(memory, utilization_perc=memory.utilization_perc / 100)
-        return _replace(self.stats.snapshot(), memory=memory)
+        return _replace(self.stats.snapshot(), memory=self._probe.read())
 
     @property
     def slo(self) -> SLO:

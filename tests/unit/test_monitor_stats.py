@@ -100,7 +100,7 @@ def test_device_probe_never_raises_and_labels_the_fallback():
         assert reading.kind == "gpu" and reading.total_bytes > 0
     else:
         assert reading.kind == "cpu" and "RSS" in reading.label and "no NVML" in reading.label
-        assert reading.used_bytes > 0 and 0 <= reading.utilization_perc <= 100
+        assert reading.used_bytes > 0 and 0 <= reading.utilization_perc <= 1
 
 
 def test_watcher_reads_in_the_background_reports_errors_and_stops():
