@@ -23,7 +23,6 @@ class OTLPReceiver:
 
     def __init__(self):
         self.spans: list[dict] = []
-        self.posts = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,7 +62,6 @@ class OTLPReceiver:
                                   "attributes": {a.key: _value(a.value) for a in span.attributes}})
         with self._lock:
             self.spans.extend(spans)
-            self.posts += 1
 
     def __enter__(self) -> OTLPReceiver:
         self._thread.start()

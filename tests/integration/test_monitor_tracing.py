@@ -12,7 +12,6 @@ import sys
 import httpx
 import openai
 import pytest
-from loopback import wait_for
 from otlp_receiver import OTLPReceiver
 
 import labkit
