@@ -3,7 +3,7 @@
 Counters and histograms add up (tokens, requests, goodput, latency buckets), and so do the gauges that count
 something per process (running, waiting, resident memory); the other gauges (fractions such as KV-cache use,
 device-wide readings that every replica on one GPU reports alike) take the largest replica's value.
-`_created` timestamps are dropped: a sum of creation times means nothing.
+`_created` timestamps are dropped (scrape.metric_families): a sum of creation times means nothing.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import math
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
+
+from .scrape import metric_families
 
 SUMMED_GAUGES = frozenset({"labkit:num_requests_running", "labkit:num_requests_waiting",
                            "labkit:process_resident_memory_bytes"})
@@ -24,18 +25,14 @@ def combine(texts: list[str]) -> list[Metric]:
     values: dict[str, dict[tuple, float]] = {}
     for text in texts:
         try:
-            parsed = list(text_string_to_metric_families(text))
+            parsed = metric_families(text)
         except ValueError:  # not an exposition (a stand-in replica, a proxy's error page): left out
             continue
         for family in parsed:
-            if family.name.endswith("_created"):  # the classic text format gives creation times a family each
-                continue
             families.setdefault(family.name, family)
             summed = family.type != "gauge" or family.name in SUMMED_GAUGES
             combined = values.setdefault(family.name, {})
             for sample in family.samples:
-                if sample.name.endswith("_created"):
-                    continue
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 value = 0.0 if math.isnan(sample.value) else sample.value
                 before = combined.get(key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 Labels = tuple[tuple[str, str], ...]
@@ -18,21 +19,31 @@ def _is_created(name: str) -> bool:
     return name.endswith("_created")
 
 
+def metric_families(text: str) -> list[Metric]:
+    """The families of a text exposition as prometheus_client parses them, `_created` timestamps left out.
+    Raises ValueError when `text` is not a Prometheus exposition."""
+    out = []
+    for family in text_string_to_metric_families(text):
+        if not _is_created(family.name):
+            family.samples = [s for s in family.samples if not _is_created(s.name)]
+            out.append(family)
+    return out
+
+
 def parse(text: str) -> Samples:
     """Samples of a text exposition, by name then by sorted label pairs (`_created` timestamps left out).
     Raises ValueError when `text` is not a Prometheus exposition."""
     samples: Samples = defaultdict(dict)
-    for family in text_string_to_metric_families(text):
+    for family in metric_families(text):
         for sample in family.samples:
-            if not _is_created(sample.name):
-                samples[sample.name][tuple(sorted(sample.labels.items()))] = float(sample.value)
+            samples[sample.name][tuple(sorted(sample.labels.items()))] = float(sample.value)
     return dict(samples)
 
 
 def families(text: str) -> set[str]:
     """Metric families a text exposition declares, whether or not they have samples, named as
     prometheus_client names them (a counter without its `_total`)."""
-    return {family.name for family in text_string_to_metric_families(text) if not _is_created(family.name)}
+    return {family.name for family in metric_families(text)}
 
 
 def merge(parsed: list[Samples]) -> Samples:
