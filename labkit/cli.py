@@ -399,10 +399,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     if args.max_num_seqs:
         serve_args += ["--max-num-seqs", str(args.max_num_seqs)]
     level = log_level(args.log_level)
-    serve_args += ["--log-level", level]
-    for flag, value in (("--access-log", args.access_log), ("--otlp-traces-endpoint", args.otlp_traces_endpoint)):
-        if value is not None:  # the replicas too: their lines share the file, their spans the trace
-            serve_args += [flag, value]
+    serve_args += ["--log-level", level]  # (up() gives the replicas the router's access log and traces endpoint)
     if args.backend == "ray" and (args.access_log or args.otlp_traces_endpoint):
         raise ValueError("--access-log and --otlp-traces-endpoint need --backend local (Ray Serve has its own)")
     configure_logging(level)

@@ -73,7 +73,9 @@ def up(model: str | None = "smollm2-135m-instruct", *, replicas: int | None = No
 
     `api_key` (default: `router.api_key`, else `$LABKIT_API_KEY`) is asked by the router on `/v1/*` and by
     every replica. `drain_timeout_s` (default: `router.drain_timeout_s` if a router config is given, else
-    `scale.drain_timeout_s`) is set on both, so the router and the replicas drain for the same time."""
+    `scale.drain_timeout_s`) is set on both, so the router and the replicas drain for the same time. The
+    router config's `access_log` and `otlp_traces_endpoint` hold for the replicas too: their lines go to the
+    same file, their spans to the same collector."""
     autoscaled = min_replicas is not None or max_replicas is not None
     if autoscaled and replicas is not None:
         raise ValueError("give either replicas (a fixed pool) or min_replicas/max_replicas (autoscaled), not both")
@@ -91,6 +93,10 @@ def up(model: str | None = "smollm2-135m-instruct", *, replicas: int | None = No
     router_config = replace(router or RouterConfig(), host=host, port=port, api_key=key,
                             drain_timeout_s=drain_timeout_s,
                             policy=policy or (router.policy if router else RouterConfig.policy))
+    for flag, value in (("--access-log", router_config.access_log),
+                        ("--otlp-traces-endpoint", router_config.otlp_traces_endpoint)):
+        if value is not None:
+            serve_args = [*serve_args, flag, value]
     bus = bus or EventBus()
     pool = ReplicaPool(model, scale.min_replicas, encoder=encoder, config=scale, serve_args=serve_args, bus=bus,
                        host=host, api_key=key)
