@@ -1,36 +1,62 @@
-"""labkit: an interactive inference lab. load → serve → route → scale → monitor."""
+"""labkit: an interactive inference lab. load → serve → route → scale → monitor.
+
+`import labkit` is cheap: each public name imports its subpackage (and with it torch, transformers or FastAPI)
+the first time it is used, so the `labkit` command answers at once and `labkit monitor` never loads torch.
+Everything else lives in the subpackages: `labkit.models`, `labkit.engine`, `labkit.server`, `labkit.scale`, ...
+"""
 import os as _os
+import sys as _sys
+import types as _types
+import typing as _typing
+from importlib import metadata as _metadata
+
+from .lazy import lazy_exports as _lazy_exports
 
 # The lab runs offline by design: keep libraries from phoning home.
 _os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 _os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# A bounded spin for torch's OpenMP threads between ops (see openmp.py); before torch is imported.
+# A bounded spin for torch's OpenMP threads between ops (see openmp.py). Set here, before anything else: every
+# labkit module runs this file first, so no path through labkit reaches torch before it.
 from .openmp import apply_openmp_defaults as _apply_openmp_defaults  # noqa: E402
 
 _apply_openmp_defaults(_os.environ)
 
-from .config import ModelConfig, ServerConfig  # noqa: E402
-from .generate import stream_generate  # noqa: E402
-from .models import LoadedModel, ModelNotFoundError, load_model  # noqa: E402
-from .optimize import OPTIMIZERS, optimize as optimize_model  # noqa: E402
-from .optimize.accuracy import perplexity  # noqa: E402
-from .bench.optimize_bench import OptimizeWorkload, run_optimize_bench as bench_optimize  # noqa: E402
-from .server import ServerHandle, serve  # noqa: E402
+__version__ = _metadata.version("labkit")
 
-__all__ = ["LoadedModel", "ModelConfig", "ModelNotFoundError", "ServerConfig", "ServerHandle", "load_model", "serve",
-           "stream_generate"]
-__all__ += ["OPTIMIZERS", "OptimizeWorkload", "bench_optimize", "optimize_model", "perplexity"]
-from .config import EngineConfig  # noqa: E402
-from .engine import LLM, AsyncLLM, RequestOutput, SamplingParams  # noqa: E402
-from .bench.engine_bench import bench_engine  # noqa: E402
+_EXPORTS = {  # along the flow
+    "load_model": ".models", "stream_generate": ".generate", "optimize_model": ".optimize:optimize",
+    "LLM": ".engine", "AsyncLLM": ".engine", "SamplingParams": ".engine", "EngineConfig": ".config",
+    "serve": ".server", "ServerConfig": ".config",
+    "route": ".route", "RouterConfig": ".config",
+    "up": ".scale", "ScaleConfig": ".config",
+    "monitor": None,
+}
+__all__ = ["__version__", "load_model", "stream_generate", "optimize_model", "LLM", "AsyncLLM", "SamplingParams",
+           "EngineConfig", "serve", "ServerConfig", "route", "RouterConfig", "up", "ScaleConfig", "monitor"]
+# The subpackages along the flow, for `labkit.scale.ReplicaPool` and the like after a plain `import labkit`.
+_EXPORTS.update(dict.fromkeys(("models", "optimize", "engine", "server", "scale")))
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
 
-__all__ += ["AsyncLLM", "EngineConfig", "LLM", "RequestOutput", "SamplingParams", "bench_engine"]
-from . import monitor  # noqa: E402  (labkit.monitor.source(server or url), labkit.monitor.Snapshot, ...)
+if _typing.TYPE_CHECKING:  # what each name is, for type checkers and IDEs
+    from . import engine, models, monitor, optimize, scale, server
+    from .config import EngineConfig, RouterConfig, ScaleConfig, ServerConfig
+    from .engine import LLM, AsyncLLM, SamplingParams
+    from .generate import stream_generate
+    from .models import load_model
+    from .optimize import optimize as optimize_model
+    from .route import route
+    from .scale import up
+    from .server import serve
 
-__all__ += ["monitor"]
-from .config import RouterConfig, ScaleConfig  # noqa: E402
-from .route import POLICIES, Router, RouterHandle, StaticPool, route  # noqa: E402
-from .scale import Autoscaler, Deployment, LoadPattern, ReplicaPool, run_load, start_load, up  # noqa: E402
 
-__all__ += ["Autoscaler", "Deployment", "LoadPattern", "POLICIES", "ReplicaPool", "Router", "RouterConfig",
-            "RouterHandle", "ScaleConfig", "StaticPool", "route", "run_load", "start_load", "up"]
+class _Package(_types.ModuleType):
+    """Importing the subpackage `labkit.route` binds it as this package's attribute `route`, the name of the
+    public function: keep the function."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, _types.ModuleType) and name in _EXPORTS and _EXPORTS[name] is not None:
+            return  # __getattr__ gives the function
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

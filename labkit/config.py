@@ -102,7 +102,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """How the router (`labkit up`, `labkit.Router`) admits requests and spreads them over replicas.
+    """How the router (`labkit up`, `labkit.route`) admits requests and spreads them over replicas.
 
     The router speaks the same OpenAI API as a replica. It never queues: a request goes to a replica at
     once, or is refused (429 with Retry-After when every healthy replica holds `max_outstanding_per_replica`

@@ -11,12 +11,9 @@ decode step at batch 1 reads every weight once and does little else.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import replace
 from importlib import metadata
@@ -25,14 +22,9 @@ import torch
 
 from ..config import EngineConfig
 from ..monitor.percentiles import percentile
-from ..openmp import restart_tuned
 from . import baselines, roofline, vllm_baseline
-from .engine_workload import WORKLOADS
+from .engine_workload import OPTIONAL_SYSTEMS, PREFIX_SYSTEMS, SYSTEMS, WORKLOADS
 
-SYSTEMS = ("hf-sequential", "hf-static", "hf-continuous", "labkit")
-PREFIX_SYSTEMS = ("labkit-no-prefix-cache", "labkit")  # --workload shared-prefix: the cache off, then on
-OPTIONAL_SYSTEMS = ("vllm",)  # only when asked for: needs --vllm-python (`make vllm`)
-DEVICES = ("auto", "cpu", "cuda")
 BATCH1_TOKENS = 128  # llama-bench's tg128: long enough that the first token's prefill is a small part
 
 
@@ -246,55 +238,3 @@ def format_report(report: dict) -> str:
                     f"{ours['batch1_output_tokens']} tokens; weights read at {ours['batch1_weight_read_gbps']} GB/s = "
                     f"{ours['batch1_weight_bandwidth_utilisation']:.1%} of copy bandwidth")
     return "\n".join(rows)
-
-
-def cmd_bench_engine(args: argparse.Namespace) -> None:
-    if args.tune:  # the same allocator and OpenMP settings for every system (they only work from process start)
-        restart_tuned()
-    config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                          adapt_threads=args.adapt_threads)
-    systems = tuple(args.systems.split(",")) if args.systems else None
-    report = bench_engine(args.model, args.requests, args.seed, args.dtype, systems, config,
-                          log=lambda line: print(line, file=sys.stderr), workload_name=args.workload,
-                          vllm_python=args.vllm_python, device=args.device)
-    print(format_report(report))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-    if not report["all_tokens_as_requested"]:
-        raise SystemExit("labkit bench engine: a system did not produce the requested number of tokens")
-
-
-def add_engine_bench_command(bench_commands) -> None:
-    """`labkit bench engine`, added to the `bench` subcommands."""
-    engine = bench_commands.add_parser(
-        "engine", help="labkit's engine against HF generate (sequential, static batches) and HF continuous batching",
-        description="Run one fixed workload (N chat requests, outputs of 16-128 tokens, greedy) through "
-                    "hf-sequential, hf-static, hf-continuous and labkit in this process; print tokens/s, latency, "
-                    "TTFT, the ratios, and the machine's roofline with labkit's share of it. --workload "
-                    "shared-prefix compares labkit with its prefix cache off and on instead.")
-    engine.add_argument("--model", default="smollm2-135m-instruct", help="alias, HF id or local directory")
-    engine.add_argument("--requests", type=int, default=32, help="number of requests (default 32)")
-    engine.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
-    engine.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights dtype")
-    engine.add_argument("--device", default="cpu", choices=DEVICES,
-                        help="where the model and the roofline run (default cpu; auto: CUDA when there is one). On "
-                             "CUDA, --systems labkit,hf-continuous skips the slow HF baselines")
-    engine.add_argument("--systems", default=None, help=f"comma-separated subset of {','.join(SYSTEMS)}, plus vllm "
-                                                        "(needs --vllm-python)")
-    engine.add_argument("--vllm-python", metavar="PATH", default=None,
-                        help="for --systems ...,vllm: a Python with vLLM's CPU build (`make vllm` makes "
-                             ".venv-vllm/bin/python)")
-    engine.add_argument("--max-num-seqs", type=int, default=32, help="labkit: most running requests")
-    engine.add_argument("--max-num-batched-tokens", type=int, default=512, help="labkit: per-step token budget")
-    engine.add_argument("--no-adapt-threads", dest="adapt_threads", action="store_false",
-                        help="labkit: keep every torch thread even while another process shares the CPU")
-    engine.add_argument("--workload", default="default", choices=sorted(WORKLOADS),
-                        help="default: varied chat requests through the four systems; shared-prefix: a long "
-                             "system prompt and multi-turn chats through labkit with the prefix cache off and on "
-                             "(TTFT of each request alone, then tokens/s of all at once)")
-    engine.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here")
-    engine.add_argument("--no-tune", dest="tune", action="store_false",
-                        help="run in the environment as it is (default: restart with labkit's OpenMP defaults and "
-                             "tcmalloc preloaded when present, the same for every system)")
-    engine.set_defaults(run=cmd_bench_engine)

@@ -100,3 +100,6 @@ class SharedPrefixWorkload:
 
 
 WORKLOADS = {"default": EngineWorkload, "shared-prefix": SharedPrefixWorkload}
+SYSTEMS = ("hf-sequential", "hf-static", "hf-continuous", "labkit")  # what the default workload runs through
+PREFIX_SYSTEMS = ("labkit-no-prefix-cache", "labkit")  # shared-prefix: the cache off, then on
+OPTIONAL_SYSTEMS = ("vllm",)  # only when asked for: needs --vllm-python (`make vllm`)

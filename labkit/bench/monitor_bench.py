@@ -8,11 +8,8 @@ the engine, torch's workers and the monitor's own) is reported too: it is what m
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
 import time
 
 from ..config import EngineConfig
@@ -125,34 +122,3 @@ def format_report(report: dict) -> str:
         f"{report['publish_cost']['finished_request_us']} us per finished 64-token request; the monitor's "
         f"measured work (publishes + a 1 Hz read and render) = {report['accounted_overhead_perc']} % of each on-run",
         f"load average (1 min) after each run: {report['load_average_1m']}"])
-
-
-def cmd_bench_monitor(args: argparse.Namespace) -> None:
-    from ..openmp import restart_tuned
-
-    if args.tune:
-        restart_tuned()
-    report = bench_monitor(args.model, args.requests, args.rounds, args.seed, args.dtype,
-                           log=lambda line: print(line, file=sys.stderr))
-    print(format_report(report))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-
-
-def add_monitor_bench_command(bench_commands) -> None:
-    """`labkit bench monitor`, added to the `bench` subcommands."""
-    cmd = bench_commands.add_parser(
-        "monitor", help="engine tokens/s with and without monitoring, same process",
-        description="Run the engine workload alternately with monitoring off (nobody subscribed) and on (rolling "
-                    "statistics, Prometheus metrics, a 1 s watcher); print the tokens/s of each, their ratio, and "
-                    "the cost of one publish.")
-    cmd.add_argument("--model", default="smollm2-135m-instruct", help="alias, HF id or local directory")
-    cmd.add_argument("--requests", type=int, default=32, help="requests per run (default 32)")
-    cmd.add_argument("--rounds", type=int, default=3, help="(off, on) pairs (default 3)")
-    cmd.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
-    cmd.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights dtype")
-    cmd.add_argument("--json", metavar="PATH", default=None, help="write the benchmark JSON here")
-    cmd.add_argument("--no-tune", dest="tune", action="store_false",
-                     help="run in the environment as it is (default: labkit's OpenMP defaults, tcmalloc if present)")
-    cmd.set_defaults(run=cmd_bench_monitor)

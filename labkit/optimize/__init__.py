@@ -4,10 +4,16 @@
 modified, so the fp32 reference stays available for accuracy comparisons."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..models.loaded import LoadedModel
-from .variant import VARIANT_ATTRIBUTE, stored_bytes, variant_of
+from ..lazy import lazy_exports
+
+# What a variant is (torch): imported on first use, so listing OPTIMIZERS (the `labkit` command does) is cheap.
+__getattr__, __dir__ = lazy_exports(__name__, {"VARIANT_ATTRIBUTE": ".variant", "stored_bytes": ".variant",
+                                               "variant_of": ".variant"})
+if TYPE_CHECKING:
+    from ..models.loaded import LoadedModel
+    from .variant import VARIANT_ATTRIBUTE, stored_bytes, variant_of
 
 
 def _lazy(module: str, function: str, **fixed) -> Callable[..., LoadedModel]:

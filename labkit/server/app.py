@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from importlib import metadata
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from .. import __version__
 from ..config import ServerConfig
 from ..models import LoadedModel
 from ..monitor.events import EventBus
@@ -60,7 +60,7 @@ def create_app(models: list[LoadedModel], config: ServerConfig = ServerConfig(),
             if tracing is not None:
                 await asyncio.to_thread(tracing.shutdown)  # the spans still batched are sent now
 
-    app = FastAPI(title="labkit", version=metadata.version("labkit"), description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="labkit", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.config = config
     app.state.services = services
     app.state.metrics = metrics

@@ -2,6 +2,8 @@
 a background thread with its own event loop (`labkit.serve`, for notebooks)."""
 from __future__ import annotations
 
+import socket
+
 import uvicorn
 from fastapi import FastAPI
 
@@ -48,14 +50,29 @@ class LabkitServer(uvicorn.Server):
         return None
 
 
+def listening_socket(config: ServerConfig) -> socket.socket:
+    """The server's socket, bound to `config.host` and `config.port` (as uvicorn binds it). `labkit serve` binds
+    before loading its models, so an address in use is an OSError at once, not after the load."""
+    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as err:
+        sock.close()
+        raise OSError(f"cannot listen on {config.host}:{config.port}: {err.strerror or err}") from None
+    return sock
+
+
 def run_server(models, config: ServerConfig = ServerConfig(), *, engine_options: dict | None = None,
-               log_level: str = "info") -> None:
+               log_level: str = "info", sock: socket.socket | None = None) -> None:
     """Serve `models` (LoadedModels: one causal LM, one encoder, or both) in the foreground until SIGTERM
-    or Ctrl-C, then drain: in-flight requests get `config.shutdown_grace_s` to finish, then are cancelled."""
+    or Ctrl-C, then drain: in-flight requests get `config.shutdown_grace_s` to finish, then are cancelled.
+    `sock`: a socket from `listening_socket(config)`, else one is bound here."""
     from .app import create_app
 
+    sock = sock if sock is not None else listening_socket(config)
     app = create_app(models, config, engine_options=engine_options)
     server = LabkitServer(app, config, log_level=log_level)
     server.announce = True
-    server.run()
+    server.run(sockets=[sock])
     print("labkit: server stopped", flush=True)

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from labkit import bench_engine
-from labkit.bench.engine_bench import BATCH1_TOKENS, SYSTEMS, format_report
+from labkit.bench.engine_bench import BATCH1_TOKENS, SYSTEMS, bench_engine, format_report
 from labkit.openmp import tuned_environment
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import bench_engine
+from labkit.bench.engine_bench import bench_engine
 from labkit.bench.engine_bench import format_report
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labkit import ModelNotFoundError, load_model
-from labkit.models import ALIASES
+from labkit import load_model
+from labkit.models import ALIASES, ModelNotFoundError
 from labkit.models.loader import resolve_device, resolve_dtype
 
 pytestmark = pytest.mark.unit

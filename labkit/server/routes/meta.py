@@ -1,11 +1,10 @@
 """GET /health (alive), /ready (can serve), /v1/models, /v1/models/{id}, /version, /metrics (Prometheus text)."""
 from __future__ import annotations
 
-from importlib import metadata
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from ... import __version__
 from ...monitor.metrics import CONTENT_TYPE
 from ..errors import model_not_found
 from ..limits import require_api_key
@@ -57,4 +56,4 @@ async def retrieve_model(model_id: str, request: Request):
 
 @router.get("/version", tags=["operations"], summary="labkit's version (from the installed package)")
 async def version():
-    return {"version": metadata.version("labkit")}
+    return {"version": __version__}
