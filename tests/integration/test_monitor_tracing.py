@@ -112,7 +112,8 @@ def test_the_access_logs_of_router_and_replica_carry_the_trace(traced):
     assert server_line["labkit"]["completion_tokens"] == 10 and server_line["labkit"]["finish_reason"] == "length"
     assert server_line["labkit"]["cached_tokens"] == traced["chat"].usage.prompt_tokens_details.cached_tokens
     assert server_line["http"]["response"]["status_code"] == 200 and server_line["url"]["path"] == "/v1/chat/completions"
-    assert 0 < server_line["event"]["duration"] <= router_line["event"]["duration"]
+    # Both timed; not compared: the replica may log its end a moment after the router has relayed the last byte.
+    assert server_line["event"]["duration"] > 0 and router_line["event"]["duration"] > 0
 
 
 def test_a_request_without_traceparent_starts_its_own_trace_and_probes_are_not_traced(traced):
