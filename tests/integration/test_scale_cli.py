@@ -20,7 +20,7 @@ def child_pids(pid: int) -> list[int]:
 
 
 def test_labkit_up_serves_through_the_router_and_stops_every_replica_on_sigterm(tiny_model_dirs):
-    command = [sys.executable, "-m", "labkit.cli", "up", "--model", tiny_model_dirs["llama"], "--replicas", "2",
+    command = [sys.executable, "-m", "labkit.cli", "up", tiny_model_dirs["llama"], "--replicas", "2",
                "--port", "0", "--device", "cpu", "--dtype", "float32", "--policy", "round_robin"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -30,6 +30,9 @@ def test_labkit_up_serves_through_the_router_and_stops_every_replica_on_sigterm(
         url = found.group(1)
         replicas = child_pids(process.pid)
         assert len(replicas) == 2
+        listed = [re.search(r"replica \S+ on (http://\S+) \(pid (\d+)", process.stdout.readline()) for _ in replicas]
+        assert sorted(int(m.group(2)) for m in listed) == sorted(replicas)
+        assert all(httpx.get(m.group(1) + "/health").status_code == 200 for m in listed)  # each one answers there
         seen = set()
         for _ in range(4):
             response = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3}, timeout=30)

@@ -9,9 +9,11 @@ import subprocess
 import sys
 import threading
 import time
+from importlib import metadata
 
 import httpx
 import pytest
+from loopback import metric
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +76,27 @@ def test_api_key_from_the_environment(tiny_model_dirs):
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C
         output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and "Traceback" not in output
+
+
+def test_vllm_flags_name_and_bound_the_served_model(tiny_model_dirs):
+    process, url = _start([tiny_model_dirs["llama"], "--served-model-name", "tiny-chat", "--max-model-len", "48",
+                           "--dtype", "float32", "--no-tune"])
+    try:
+        models = httpx.get(url + "/v1/models").json()["data"]
+        fits = httpx.post(url + "/v1/completions", json={"model": "tiny-chat", "prompt": "hello", "max_tokens": 4,
+                                                            "ignore_eos": True})
+        too_long = httpx.post(url + "/v1/completions", json={"model": "tiny-chat", "prompt": "hello", "max_tokens": 48})
+        metrics = httpx.get(url + "/metrics").text
+        openapi = httpx.get(url + "/openapi.json").json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert [(m["id"], m["max_model_len"]) for m in models] == [("tiny-chat", 48)]  # no encoder unless asked
+    assert fits.status_code == 200 and fits.json()["model"] == "tiny-chat"
+    assert too_long.status_code == 400 and "48-token context" in too_long.json()["error"]["message"]
+    assert metric(metrics, 'labkit:generation_tokens_total{model_name="tiny-chat"}') == 4
+    assert openapi["info"]["version"] == metadata.version("labkit")
     assert process.returncode == 0 and "Traceback" not in output
 
 

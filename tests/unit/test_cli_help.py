@@ -1,6 +1,10 @@
 """Every command explains itself, and flags that make no sense are refused before any work."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from labkit.cli import build_parser, main
@@ -36,3 +40,13 @@ def test_model_errors_are_one_line_and_exit_2(capsys, monkeypatch):
     assert main(["generate", "hi", "--model", "no-such-model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("labkit: error:") and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_shell_completion_offers_the_flags(tmp_path):
+    pytest.importorskip("argcomplete")
+    line, out = "labkit serve --max-n", tmp_path / "candidates"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_SHELL": "bash", "COMP_LINE": line,
+           "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}  # what the shell hook sets
+    done = subprocess.run([sys.executable, "-m", "labkit.cli"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(out.read_text().split("\v")) == ["--max-num-batched-tokens", "--max-num-seqs"]
