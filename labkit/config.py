@@ -41,7 +41,7 @@ class EngineConfig:
     max_model_len: int | None = None  # longest prompt + output; None: the model's context (and the cache's size)
     kv_cache_tokens: int = 16384  # KV memory, in tokens, preallocated once (rounded down to whole pages)
     page_size: int = 64  # tokens per KV page: the unit requests grow by
-    seed: int = 0  # seeds sampling for requests that bring no seed of their own
+    seed: int | None = None  # seeds sampling for requests without a seed of their own; None: fresh from the OS
     prepack_weights: bool = True  # bfloat16 on CPU: linear weights reordered once for oneDNN (same results, +1x weights)
     adapt_threads: bool = True  # on CPU: fewer torch threads while another process shares the cores (engine/threads.py)
     step_log_size: int = 1024  # steps kept in `LLM.steps` (a window: about 2 KB a step at batch 32)

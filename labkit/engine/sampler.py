@@ -35,8 +35,14 @@ class SamplerOutput:
 
 
 class Sampler:
-    def __init__(self, seed: int = 0, tokenizer=None):
-        self.generator = torch.Generator().manual_seed(seed)  # for requests without a seed of their own
+    def __init__(self, seed: int | None = None, tokenizer=None):
+        # For requests without a seed of their own. Unseeded, it starts from OS entropy, so a restarted engine
+        # does not replay the same "random" replies; an engine seed makes every unseeded draw reproducible.
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
         self.logprobs = LogprobsComputer(tokenizer)
         self.structured_outputs = None  # the engine's StructuredOutputManager, once a request has a grammar
 

@@ -112,3 +112,13 @@ def test_greedy_choice_is_argmax_with_ties_and_nan():
     rows = torch.tensor([[1.0, 3.0, 3.0, 0.0], [float("nan"), 5.0, float("nan"), 1.0], [2.0, 2.0, 2.0, 2.0]],
                         dtype=torch.bfloat16)
     assert _argmax(rows) == rows.argmax(dim=-1).tolist() == [1, 0, 0]
+
+
+def test_an_unseeded_engine_draws_fresh_randomness_and_an_engine_seed_repeats():
+    logits = torch.zeros(1, 1000)  # uniform over 1,000 tokens: eight draws repeat by chance once in 1e24
+
+    def draw(sampler):
+        return sampler(logits.expand(8, -1), [req(SamplingParams(temperature=1.0))] * 8)
+
+    assert draw(Sampler()) != draw(Sampler())  # a restarted server does not replay its "random" replies
+    assert draw(Sampler(seed=5)) == draw(Sampler(seed=5))
