@@ -120,3 +120,6 @@ class Dashboard(w.VBox):
     def _buttons(self) -> None:
         running = self.running
         self.start_button.disabled, self.stop_button.disabled = running, not running
+        # The enabled button is the one to press: only it wears a colour.
+        self.start_button.button_style = "" if running else "success"
+        self.stop_button.button_style = "warning" if running else ""

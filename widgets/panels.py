@@ -30,7 +30,9 @@ class Panel:
         self.figure = go.FigureWidget(
             data=[go.Scatter(x=[], y=[], mode="lines+markers", name=name, marker={"size": 4}) for name in self.traces],
             layout=go.Layout(title={"text": self.title, "font": {"size": 14}}, height=height, width=width,
-                             margin={"l": 50, "r": 50, "t": 40, "b": 30}, yaxis={"title": self.yaxis},
+                             margin={"l": 50, "r": 50, "t": 40, "b": 30},
+                             yaxis={"title": self.yaxis, "rangemode": "tozero"},  # a change is read against zero
+                             xaxis={"tickformat": "%H:%M:%S"},  # a live view: the time of day, not the date
                              legend={"orientation": "h", "y": -0.2}, template="plotly_white"))
 
     def values(self, snapshot: Snapshot) -> tuple[float | None, ...]:
@@ -56,20 +58,14 @@ class LatencyPanel(Panel):
 
 
 class ThroughputPanel(Panel):
-    """Output tokens per second and finished requests per second (right axis)."""
+    """Output tokens per second (requests per second are in the goodput panel, on an axis of their own)."""
 
-    title = "Throughput"
+    title = "Throughput (tokens/s)"
     yaxis = "tokens/s"
-    traces = ("tokens/s", "requests/s")
-
-    def __init__(self, history: int = HISTORY, height: int = 260):
-        super().__init__(history, height)
-        self.figure.data[1].yaxis = "y2"
-        self.figure.layout.yaxis2 = {"title": "requests/s", "overlaying": "y", "side": "right", "rangemode": "tozero"}
-        self.figure.layout.yaxis.rangemode = "tozero"
+    traces = ("tokens/s",)
 
     def values(self, s: Snapshot):
-        return s.tokens_per_s, s.requests_per_s
+        return (s.tokens_per_s,)
 
 
 class QueuePanel(Panel):
@@ -82,8 +78,10 @@ class QueuePanel(Panel):
     def __init__(self, history: int = HISTORY, height: int = 260):
         super().__init__(history, height)
         self.figure.data[2].yaxis = "y2"
-        self.figure.layout.yaxis2 = {"title": "KV %", "overlaying": "y", "side": "right", "range": [0, 100],
-                                     "tickvals": [0, 25, 50, 75, 100], "showgrid": False}
+        # From zero up to what the traffic used (a 135M model's batch may fill 1% of the pool): flat on 0-100
+        # it would say nothing.
+        self.figure.layout.yaxis2 = {"title": "KV %", "overlaying": "y", "side": "right", "rangemode": "tozero",
+                                     "ticksuffix": "%", "showgrid": False}
 
     def values(self, s: Snapshot):
         return s.running, s.waiting, None if s.kv_usage is None else 100.0 * s.kv_usage
@@ -105,20 +103,23 @@ class MemoryPanel(Panel):
         if self.figure.layout.title.text != title:
             self.figure.layout.title.text = title
         total = memory.total_bytes if memory.is_gpu else None  # machine RAM would dwarf a process's RSS
+        if self.figure.data[1].showlegend is not memory.is_gpu:  # no empty "total" entry on a CPU
+            self.figure.data[1].showlegend = memory.is_gpu
         return (None if memory.used_bytes is None else memory.used_bytes / 2**30,
                 None if total is None else total / 2**30)
 
 
 class GoodputPanel(Panel):
-    """Requests per second that met every SLO, and those that missed, by the phase that broke them (queue,
-    prefill, decode): when load passes the knee, throughput still rises while goodput falls."""
+    """Finished requests per second, those that met every SLO, and those that missed, by the phase that broke
+    them (queue, prefill, decode): when load passes the knee, throughput still rises while goodput falls."""
 
-    title = "Goodput (req/s)"
+    title = "Requests and goodput (req/s)"
     yaxis = "requests/s"
-    traces = ("within SLO", "missed in queue", "missed in prefill", "missed in decode")
+    traces = ("finished", "within SLO", "missed in queue", "missed in prefill", "missed in decode")
 
     def values(self, s: Snapshot):
         g = s.goodput
         if g.requests_per_s is None or not s.window_s:
-            return None, None, None, None
-        return g.requests_per_s, *(g.missed[phase] / s.window_s for phase in ("queue", "prefill", "decode"))
+            return s.requests_per_s, None, None, None, None
+        return (s.requests_per_s, g.requests_per_s,
+                *(g.missed[phase] / s.window_s for phase in ("queue", "prefill", "decode")))

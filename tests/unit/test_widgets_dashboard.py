@@ -81,11 +81,30 @@ def test_goodput_panel_and_slo_sliders_rejudge_the_window():
                                     e2e_s=ttft + 0.1, itl_s=(0.05,)))
     dash.refresh()
     good = dash.goodput.figure.data
-    assert good[0].name == "within SLO" and good[0].y[-1] > 0 and good[2].y[-1] == 0
+    assert [t.name for t in good[:2]] == ["finished", "within SLO"] and good[1].y[-1] == good[0].y[-1] > 0
+    assert good[3].y[-1] == 0  # nothing missed in prefill without an SLO
     dash.slo_sliders["ttft_ms"].value = 200  # two of the three now miss in prefill
     assert dash.source.slo.ttft_ms == 200 and len(good[0].x) == 2
-    assert good[2].y[-1] == pytest.approx(2 * good[0].y[-1]) and "33%" in dash.summary.value
+    assert good[3].y[-1] == pytest.approx(2 * good[1].y[-1]) and "33%" in dash.summary.value
     dash.close()
     remote = Dashboard("http://127.0.0.1:9", start=False)
     assert all(s.disabled for s in remote.slo_sliders.values()) and "--slo" in remote.slo_note.value
     remote.close()
+
+
+def test_panels_read_plainly_and_the_button_to_press_is_the_coloured_one():
+    from labkit.monitor import EventBus
+
+    dash = Dashboard(EventBus(), start=False)
+    assert [t.name for t in dash.throughput.figure.data] == ["tokens/s"]  # one quantity, one axis
+    for panel in dash.panels:
+        assert panel.figure.layout.xaxis.tickformat == "%H:%M:%S" and panel.figure.layout.yaxis.rangemode == "tozero"
+    assert dash.queue.figure.layout.yaxis2.range is None  # KV % scales to what the traffic used
+    assert dash.start_button.button_style == "success" and dash.stop_button.button_style == ""
+    dash.start()
+    assert dash.start_button.button_style == "" and dash.stop_button.button_style == "warning"
+    dash.close()
+    memory = MemoryPanel()
+    memory.draw(Snapshot(t=0.0, window_s=1.0, memory=MemoryReading("cpu", 2**30, 2**35, 0.1, "process RSS")))
+    assert memory.figure.data[1].showlegend is False  # no empty "total" entry on a CPU
+
