@@ -69,7 +69,8 @@ ENGINE_FLAGS = (
                                          "cache; longer requests get 400 (default: as long as those allow)"),
     ("--max-num-seqs", "max_num_seqs", f"most requests in the running batch (default {EngineConfig.max_num_seqs})"),
     ("--max-num-batched-tokens", "max_num_batched_tokens",
-     f"tokens one engine step computes; longer prompts prefill in chunks (default {EngineConfig.max_num_batched_tokens})"),
+     "tokens one engine step computes; longer prompts prefill in chunks (default "
+     f"{EngineConfig.max_num_batched_tokens})"),
     ("--kv-cache-tokens", "kv_cache_tokens",
      f"KV cache size in tokens, allocated once at start (default {EngineConfig.kv_cache_tokens})"),
 )

@@ -26,12 +26,18 @@ def cmd_up(args: argparse.Namespace) -> None:
     import signal
     import threading
 
+    from ..models import ALIASES
+    from ..models.sources import locate
     from ..monitor.events import ScaleDecision
     from ..monitor.logs import configure_logging, log_level
     from ..route import POLICIES
     from ..scale import up
 
     model = model_from(args)
+    encoder = None if args.encoder is None or args.encoder.lower() == "none" else args.encoder
+    for name in (model, encoder):  # an unknown model: one line now, not after three replicas failed to start
+        if name is not None and name not in ALIASES:
+            locate(name)
     autoscaled = args.min_replicas is not None or args.max_replicas is not None
     if autoscaled and args.replicas is not None:
         raise ValueError("give either --replicas N (a fixed pool) or --min-replicas/--max-replicas (autoscaled)")
@@ -79,8 +85,7 @@ def cmd_up(args: argparse.Namespace) -> None:
             lab.stop()
         print("labkit: Ray Serve deployment stopped", flush=True)
         return
-    lab = up(model, encoder=None if args.encoder is None or args.encoder.lower() == "none" else args.encoder,
-             scale=scale, router=router, port=args.port, host=args.host, policy=args.policy,
+    lab = up(model, encoder=encoder, scale=scale, router=router, port=args.port, host=args.host, policy=args.policy,
              serve_args=replica_flags(args, level), api_key=router.api_key, drain_timeout_s=args.drain_timeout,
              **({"min_replicas": scale.min_replicas, "max_replicas": scale.max_replicas} if autoscaled
                 else {"replicas": scale.min_replicas}))

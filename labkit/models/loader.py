@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from .loaded import LoadedModel
-from .registry import ALIASES, ModelKind, ModelNotFoundError
-from .sources import hub_reachable, known_aliases, rebuild, resolve_alias
+from .registry import ALIASES, ModelKind
+from .sources import locate, rebuild, resolve_alias
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _load(name_or_path: str, device: str, dtype: str | torch.dtype, trust_remote
             model, tokenizer = _from_pretrained(str(source), alias.kind, torch_dtype, torch_device, False, local=True)
         kind = alias.kind
     else:
-        source, local = _locate(name_or_path)
+        source, local = locate(name_or_path)
         kind = detect_kind(source, trust_remote_code, local)
         model, tokenizer = _from_pretrained(source, kind, torch_dtype, torch_device, trust_remote_code, local)
     model.eval()
@@ -140,31 +140,6 @@ def detect_kind(source: str, trust_remote_code: bool, local: bool) -> ModelKind:
         raise ValueError(f"{source} is an encoder-decoder model ({config.model_type}); labkit serves decoder LLMs and encoders.")
     architectures = getattr(config, "architectures", None) or []
     return "causal-lm" if any(a.endswith(CAUSAL_SUFFIXES) for a in architectures) else "encoder"
-
-
-def _locate(name_or_path: str) -> tuple[str, bool]:
-    """A local directory, or a hub id found in the local cache or reachable; else one clear sentence."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} is a directory but holds no config.json, so it is not a Hugging Face model.")
-        return str(path), True
-    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelNotFoundError(f"No model directory at {path}. Known aliases: {known_aliases()}.")
-    if _in_hub_cache(name_or_path):
-        return name_or_path, True
-    if not hub_reachable():
-        raise ModelNotFoundError(
-            f"'{name_or_path}' is not a labkit alias, not a local directory, and not in the Hugging Face cache, "
-            f"and the hub cannot be reached from here to download it. Known aliases: {known_aliases()}."
-        )
-    return name_or_path, False
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def _from_pretrained(source: str, kind: ModelKind, dtype: torch.dtype, device: torch.device,

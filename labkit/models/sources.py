@@ -145,3 +145,29 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def known_aliases() -> str:
     return ", ".join(sorted(ALIASES))
+
+
+def locate(name_or_path: str) -> tuple[str, bool]:
+    """(source, local) of a model that is not an alias: a local directory, or a hub id found in the local cache or
+    reachable; else a ModelNotFoundError in one clear sentence. Cheap: nothing is loaded."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a directory but holds no config.json, so it is not a Hugging Face model.")
+        return str(path), True
+    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelNotFoundError(f"No model directory at {path}. Known aliases: {known_aliases()}.")
+    if _in_hub_cache(name_or_path):
+        return name_or_path, True
+    if not hub_reachable():
+        raise ModelNotFoundError(
+            f"'{name_or_path}' is not a labkit alias, not a local directory, and not in the Hugging Face cache, "
+            f"and the hub cannot be reached from here to download it. Known aliases: {known_aliases()}."
+        )
+    return name_or_path, False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)

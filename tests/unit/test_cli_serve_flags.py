@@ -70,7 +70,8 @@ def test_serve_loads_names_and_sizes_the_model_as_told(tiny_model_dirs, monkeypa
 
     loads, served = [], {}
     real_load = labkit.models.load_model
-    monkeypatch.setattr(labkit.models, "load_model", lambda name, **kw: loads.append((name, kw)) or real_load(name, **kw))
+    monkeypatch.setattr(labkit.models, "load_model",
+                        lambda name, **kw: loads.append((name, kw)) or real_load(name, **kw))
     monkeypatch.setattr(labkit.server, "run_server", lambda models, config, **kw: served.update(models=models, **kw))
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # serve keeps its main thread at 1: not here
     assert main(["serve", tiny_model_dirs["llama"], "--served-model-name", "mine", "--max-model-len", "100",
@@ -102,3 +103,9 @@ def test_a_bug_is_a_traceback_not_an_error_line(monkeypatch):
     monkeypatch.setattr(labkit.commands.load, "cmd_info", broken)
     with pytest.raises(TypeError, match="a bug in labkit"):
         main(["info"])
+
+
+def test_up_refuses_an_unknown_model_before_starting_a_replica(capsys):
+    assert main(["up", "./no-such-model-dir", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("labkit: error: No model directory at no-such-model-dir") and err.count("\n") == 1
