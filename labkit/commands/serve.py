@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                              f"{', '.join(servable)}.")
     from ..server.runner import listening_socket
 
-    sock = listening_socket(config)  # an address in use fails now, not after the load
+    sock = listening_socket(config.host, config.port)  # an address in use fails now, not after the load
     import torch
 
     from ..models import load_model

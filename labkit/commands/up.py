@@ -32,6 +32,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     from ..monitor.logs import configure_logging, log_level
     from ..route import POLICIES
     from ..scale import up
+    from ..server.runner import listening_socket
 
     model = model_from(args)
     encoder = None if args.encoder is None or args.encoder.lower() == "none" else args.encoder
@@ -64,6 +65,8 @@ def cmd_up(args: argparse.Namespace) -> None:
             raise ValueError(f"{' and '.join(local_only)} need --backend local")
         if importlib.util.find_spec("ray") is None:  # asked for an extra that is not installed: the user's to fix
             raise ValueError("--backend ray needs ray[serve], the optional 'ray' extra: pip install -e '.[ray]'")
+    if args.port:  # an address in use fails now, not once the replicas are up
+        listening_socket(args.host, args.port).close()
     configure_logging(level)
     stop = threading.Event()
     hangup = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # the terminal closed: drain all the same

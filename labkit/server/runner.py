@@ -50,16 +50,17 @@ class LabkitServer(uvicorn.Server):
         return None
 
 
-def listening_socket(config: ServerConfig) -> socket.socket:
-    """The server's socket, bound to `config.host` and `config.port` (as uvicorn binds it). `labkit serve` binds
-    before loading its models, so an address in use is an OSError at once, not after the load."""
-    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host` and `port`, as uvicorn binds one. `labkit serve` binds before loading its models
+    (and `labkit up` tries its router's address before starting replicas), so an address in use is an OSError
+    at once, not after the load."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((config.host, config.port))
+        sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise OSError(f"cannot listen on {config.host}:{config.port}: {err.strerror or err}") from None
+        raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
     return sock
 
 
@@ -67,10 +68,10 @@ def run_server(models, config: ServerConfig = ServerConfig(), *, engine_options:
                log_level: str = "info", sock: socket.socket | None = None) -> None:
     """Serve `models` (LoadedModels: one causal LM, one encoder, or both) in the foreground until SIGTERM
     or Ctrl-C, then drain: in-flight requests get `config.shutdown_grace_s` to finish, then are cancelled.
-    `sock`: a socket from `listening_socket(config)`, else one is bound here."""
+    `sock`: a socket from `listening_socket` on the config's address, else one is bound here."""
     from .app import create_app
 
-    sock = sock if sock is not None else listening_socket(config)
+    sock = sock if sock is not None else listening_socket(config.host, config.port)
     app = create_app(models, config, engine_options=engine_options)
     server = LabkitServer(app, config, log_level=log_level)
     server.announce = True

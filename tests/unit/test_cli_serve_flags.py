@@ -84,12 +84,13 @@ def test_serve_loads_names_and_sizes_the_model_as_told(tiny_model_dirs, monkeypa
     assert served["engine_options"]["max_model_len"] == 100 and served["engine_options"]["max_num_seqs"] == 3
 
 
-def test_an_address_in_use_is_one_line_and_exit_1_before_any_model_loads(capsys):
+@pytest.mark.parametrize("command", [["serve", "no-such-model"], ["up", DEFAULT_LLM, "--replicas", "2"]])
+def test_an_address_in_use_is_one_line_and_exit_1_before_any_model_loads(command, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", "no-such-model", "--port", str(port)]) == 1
+        assert main([*command, "--port", str(port)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"labkit: error: cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1
 
