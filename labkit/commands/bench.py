@@ -41,6 +41,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> None:
 def cmd_bench_serve(args: argparse.Namespace) -> None:
     import os
 
+    import httpx
+
     from ..bench.serve_bench import SLO, Workload, bench_serve, format_report, merge_reports, response_format
 
     structured = None if args.response_format is None else response_format(args.response_format)  # ValueError: exit 2
@@ -48,8 +50,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
                         max_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature,
                         response_format=structured)
     slo = SLO(ttft_ms=args.slo_ttft_ms, itl_ms=args.slo_itl_ms, e2e_ms=args.slo_e2e_ms)
-    report = bench_serve(args.url, workload, model=args.model, api_key=args.api_key, slo=slo, name=args.name,
-                         warmup=args.warmup)
+    try:
+        report = bench_serve(args.url, workload, model=args.model, api_key=args.api_key, slo=slo, name=args.name,
+                             warmup=args.warmup)
+    except httpx.TransportError as err:  # the server is not there: the world's failure, one line and exit 1
+        raise OSError(f"cannot reach {args.url}: {err}") from None
     print(format_report(report))
     if args.json and os.path.exists(args.json):  # same workload, another server: one file compares them
         with open(args.json) as existing:

@@ -50,3 +50,9 @@ def test_shell_completion_offers_the_flags(tmp_path):
     done = subprocess.run([sys.executable, "-m", "labkit.cli"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert sorted(out.read_text().split("\v")) == ["--max-num-batched-tokens", "--max-num-seqs"]
+
+
+def test_a_server_that_is_not_there_is_one_line_and_exit_1(capsys):
+    assert main(["bench", "serve", "--url", "http://127.0.0.1:9", "--requests", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("labkit: error: cannot reach http://127.0.0.1:9") and err.count("\n") == 1
