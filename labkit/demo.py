@@ -1,13 +1,14 @@
 """`labkit demo`: a Gradio chat front-end over the OpenAI-compatible server.
 
-Replies stream token by token, each with its time to first token and tokens/s; a live plot follows the
-server's generation throughput (from its /metrics) and each reply's latency. Without `url` the demo
-starts labkit's own server in the background (`labkit.serve`) and talks to it; with `url` it talks to
-any OpenAI-compatible server. Binds 127.0.0.1; Gradio analytics and hub telemetry are off.
+Replies stream token by token, each with its time to first token and tokens/s; the server's live numbers
+(tokens/s, requests running and waiting, KV-cache use) come from its /metrics through labkit.monitor. Without
+`url` the demo starts labkit's own server in the background (`labkit.serve`) and talks to it; with `url` it
+talks to any OpenAI-compatible server. Binds 127.0.0.1; Gradio analytics and hub telemetry are off.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -17,29 +18,38 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import httpx  # noqa: E402
 
-from .monitor import engine_names, scrape  # noqa: E402
+from .monitor import RemoteSource, Snapshot  # noqa: E402
 
-HISTORY_POINTS = 120  # samples kept in the live throughput plot
+HISTORY_S = 120  # seconds of server throughput the live plot keeps
+LIVE_WINDOW_S = 3.0  # tokens/s is the counter's growth over this window: short enough to follow a reply
+REPLY_AXIS_MIN = 10  # the TTFT chart's x axis spans at least this many replies, so its ticks are whole numbers
+PLACEHOLDER = "Ask something and press Enter"
+WAIT_PLACEHOLDER = "wait for the reply to finish…"
 
 
 class ChatBackend:
-    """Streams chat replies from an OpenAI-compatible server and reads its /metrics."""
+    """Streams chat replies from an OpenAI-compatible server and reads its live numbers from /metrics."""
 
     def __init__(self, url: str, api_key: str | None = None, model: str | None = None):
         self.url = url.rstrip("/").removesuffix("/v1")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=httpx.Timeout(300.0, connect=10.0))
         self.model = model or self._first_model()
+        self.monitor = RemoteSource(self.url, window_s=LIVE_WINDOW_S)
 
     def _first_model(self) -> str:
         cards = self.client.get(f"{self.url}/v1/models", headers=self.headers).raise_for_status().json()["data"]
         chat = [c for c in cards if c.get("kind", "causal-lm") == "causal-lm"] or cards
         return chat[0]["id"]
 
-    def stream(self, messages: list[dict], temperature: float, max_tokens: int) -> Iterator[tuple[str, dict]]:
-        """Yield (text piece, stats so far); stats hold ttft_ms, tokens, tokens_per_s, finish_reason."""
+    def stream(self, messages: list[dict], temperature: float, max_tokens: int,
+               seed: int | None = None) -> Iterator[tuple[str, dict]]:
+        """Yield (text piece, stats so far); stats hold ttft_ms, tokens, tokens_per_s, finish_reason. Without
+        `seed` the server draws fresh randomness for every request."""
         body = {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens,
                 "stream": True, "stream_options": {"include_usage": True}}
+        if seed is not None:
+            body["seed"] = seed
         started = time.perf_counter()
         stats = {"ttft_ms": None, "tokens": 0, "tokens_per_s": 0.0, "finish_reason": None}
         with self.client.stream("POST", f"{self.url}/v1/chat/completions", json=body, headers=self.headers) as r:
@@ -70,14 +80,13 @@ class ChatBackend:
         stats["tokens_per_s"] = stats["tokens"] / elapsed if elapsed > 0 else 0.0
         yield "", stats
 
-    def generated_tokens(self) -> float | None:
-        """Tokens the server has generated (labkit's `generation_tokens_total`, or vLLM's), or None where its
-        /metrics has no such counter."""
+    def live(self) -> Snapshot | None:
+        """The server's numbers now (labkit's or vLLM's /metrics, read as labkit's names), or None when its
+        /metrics does not answer. Rates need two reads: the first has none."""
         try:
-            samples = scrape.parse(self.client.get(f"{self.url}/metrics", timeout=2.0).text)
-        except (httpx.HTTPError, ValueError):
+            return self.monitor.read()
+        except OSError:
             return None
-        return scrape.value(engine_names.canonical(samples), "labkit:generation_tokens_total")
 
 
 def format_stats(stats: dict) -> str:
@@ -86,44 +95,92 @@ def format_stats(stats: dict) -> str:
             + (f" · finished: {stats['finish_reason']}" if stats.get("finish_reason") else ""))
 
 
-def build_demo(backend: ChatBackend):
-    import gradio as gr
+def format_live(snap: Snapshot | None) -> str:
+    if snap is None:
+        return "**server** /metrics does not answer"
+    rate = "measuring…" if snap.tokens_per_s is None else f"**{snap.tokens_per_s:,.1f} tokens/s**"
+    parts = [f"**server** {rate}"]
+    if snap.running is not None:
+        parts.append(f"{snap.running:.0f} running, {snap.waiting or 0:.0f} waiting")
+    parts.append("KV cache not exported" if snap.kv_usage is None else f"**KV cache {snap.kv_usage:.1%} used**")
+    return " · ".join(parts)
+
+
+def reply_frame(replies: list[dict]):
+    """Replies as the TTFT chart's data; typed columns even when empty (an untyped empty frame would make
+    the plot's axes categorical for good)."""
     import pandas as pd
 
-    def respond(message, history, temperature, max_tokens, replies):
+    return pd.DataFrame({"reply": pd.Series([r["reply"] for r in replies], dtype="int64"),
+                         "ttft_ms": pd.Series([r["ttft_ms"] for r in replies], dtype="float64"),
+                         "tokens_per_s": pd.Series([r["tokens_per_s"] for r in replies], dtype="float64")})
+
+
+def axis_top(values) -> float:
+    """A round number above the largest value, with some headroom: the plots start from zero, and Vega
+    would otherwise end the axis exactly at the top point."""
+    top = max(values, default=0.0) * 1.1
+    if top <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(top))
+    return next(step * power for step in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10) if step * power >= top)
+
+
+def throughput_frame(samples: list[tuple[float, float]], now: float):
+    import pandas as pd
+
+    return pd.DataFrame({"seconds": pd.Series([t - now for t, _ in samples], dtype="float64"),
+                         "tokens_per_s": pd.Series([v for _, v in samples], dtype="float64")})
+
+
+def build_demo(backend: ChatBackend):
+    import gradio as gr
+
+    def accept(message, history):
+        # Instant (no queue): the message joins the conversation and the input locks until its reply has
+        # ended, so nothing can be typed into a box the stream would otherwise clear.
         message = (message or "").strip()
         if not message:
-            yield "", history, gr.skip(), replies, gr.skip()
+            return gr.skip(), gr.skip(), None, gr.skip(), gr.skip()
+        locked = gr.Button(interactive=False)
+        return (gr.Textbox(value="", interactive=False, placeholder=WAIT_PLACEHOLDER),
+                [*history, {"role": "user", "content": message}], message, locked, locked)
+
+    def respond(pending, history, temperature, max_tokens, seed, replies):
+        if pending is None:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        history = [*history, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        history = [*history, {"role": "assistant", "content": ""}]
         conversation = [{"role": m["role"], "content": _text(m["content"])} for m in history[:-1]]
-        yield "", history, "*generating…*", replies, gr.skip()
+        yield history, "*generating…*", replies, gr.skip()
         stats = None
         try:
-            for piece, stats in backend.stream(conversation, float(temperature), int(max_tokens)):
+            for piece, stats in backend.stream(conversation, float(temperature), int(max_tokens), _seed(seed)):
                 history[-1]["content"] += piece
-                yield "", history, format_stats(stats), replies, gr.skip()
-        except (RuntimeError, httpx.HTTPError) as err:
+                yield history, format_stats(stats), replies, gr.skip()
+        except (ValueError, RuntimeError, httpx.HTTPError) as err:
             history[-1]["content"] += f"\n\n[error: {err}]"
-            yield "", history, f"**error** {err}", replies, gr.skip()
+            yield history, f"**error** {err}", replies, gr.skip()
             return
         replies = [*replies, {"reply": len(replies) + 1, "ttft_ms": stats["ttft_ms"] or 0.0,
                               "tokens_per_s": stats["tokens_per_s"]}]
-        yield "", history, format_stats(stats), replies, _reply_frame(replies)
+        yield history, format_stats(stats), replies, ttft_chart(replies)
 
-    def _reply_frame(replies):
-        rows = [{"reply": r["reply"], "ttft_ms": r["ttft_ms"], "tokens_per_s": r["tokens_per_s"]} for r in replies]
-        return pd.DataFrame(rows or [], columns=["reply", "ttft_ms", "tokens_per_s"])
+    def unlock():
+        return (gr.Textbox(interactive=True, placeholder=PLACEHOLDER), gr.Button(interactive=True),
+                gr.Button(interactive=True))
+
+    def ttft_chart(replies):
+        return gr.ScatterPlot(reply_frame(replies), x_lim=[0, max(REPLY_AXIS_MIN, len(replies) + 1)],
+                              y_lim=[0, axis_top(r["ttft_ms"] for r in replies)])
 
     def tick(samples):
-        total = backend.generated_tokens()
-        now = time.time()
-        if total is None:
-            return samples, gr.skip()
-        samples = [*samples[-HISTORY_POINTS:], (now, total)]
-        rows = [{"t": round(t1 - samples[0][0], 1), "tokens_per_s": (v1 - v0) / (t1 - t0)}
-                for (t0, v0), (t1, v1) in zip(samples, samples[1:]) if t1 > t0]
-        return samples, pd.DataFrame(rows or [{"t": 0.0, "tokens_per_s": 0.0}])
+        snap, now = backend.live(), time.time()
+        samples = [(t, v) for t, v in samples if t > now - HISTORY_S]
+        if snap is not None and snap.tokens_per_s is not None:
+            samples.append((now, snap.tokens_per_s))
+        chart = gr.LinePlot(throughput_frame(samples, now), y_lim=[0, axis_top(v for _, v in samples)])
+        return samples, chart, format_live(snap)
 
     with gr.Blocks(title="labkit demo") as demo:
         gr.Markdown(f"## labkit chat\nModel **{backend.model}** served at `{backend.url}` "
@@ -131,30 +188,48 @@ def build_demo(backend: ChatBackend):
         with gr.Row():
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="conversation", height=420, elem_id="chatbot")
-                prompt = gr.Textbox(label="your message", placeholder="Ask something and press Enter",
-                                    elem_id="prompt", lines=1)
+                prompt = gr.Textbox(label="your message", placeholder=PLACEHOLDER, elem_id="prompt", lines=1)
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("Clear", elem_id="clear")
                 stats_box = gr.Markdown("*no reply yet*", elem_id="reply-stats")
             with gr.Column(scale=2):
-                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature (0 = greedy)")
+                live_box = gr.Markdown(format_live(None), elem_id="live-stats")
+                temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature", elem_id="temperature",
+                                        info="0 is greedy: always the most likely token, the same reply every "
+                                             "time. Higher values sample: more varied, and a small model "
+                                             "soon strays from the facts.")
+                seed = gr.Textbox("", label="seed", elem_id="seed", placeholder="empty: unseeded",
+                                  info="Empty: fresh randomness on every reply. A whole number makes a "
+                                       "sampled reply reproducible.")
                 max_tokens = gr.Slider(1, 512, value=128, step=1, label="max tokens")
-                throughput = gr.LinePlot(pd.DataFrame([{"t": 0.0, "tokens_per_s": 0.0}]), x="t", y="tokens_per_s",
-                                         title="server throughput (tokens/s, live)", x_title="seconds",
-                                         y_title="tokens/s", height=220, elem_id="throughput-plot")
-                per_reply = gr.ScatterPlot(_reply_frame([]), x="reply", y="ttft_ms", title="time to first token "
-                                           "per reply (ms)", x_title="reply", y_title="ms", height=220,
-                                           tooltip="all", elem_id="reply-plot")
-        replies = gr.State([])
-        samples = gr.State([])
-        outputs = [prompt, chatbot, stats_box, replies, per_reply]
-        inputs = [prompt, chatbot, temperature, max_tokens, replies]
-        prompt.submit(respond, inputs, outputs)
-        send.click(respond, inputs, outputs)
+                throughput = gr.LinePlot(throughput_frame([], 0.0), x="seconds", y="tokens_per_s",
+                                         title="server throughput (live)", x_title="seconds (0 = now)",
+                                         y_title="tokens/s", x_lim=[-HISTORY_S, 0], y_lim=[0, None], height=220,
+                                         elem_id="throughput-plot")
+                per_reply = gr.ScatterPlot(reply_frame([]), x="reply", y="ttft_ms",
+                                           title="time to first token per reply", x_title="reply",
+                                           y_title="TTFT (ms)", x_lim=[0, REPLY_AXIS_MIN], y_lim=[0, None],
+                                           x_axis_format="d", height=220, tooltip="all", elem_id="reply-plot")
+        replies, samples, pending = gr.State([]), gr.State([]), gr.State(None)
+        for trigger in (prompt.submit, send.click):
+            (trigger(accept, [prompt, chatbot], [prompt, chatbot, pending, send, clear], queue=False)
+             .then(respond, [pending, chatbot, temperature, max_tokens, seed, replies],
+                   [chatbot, stats_box, replies, per_reply])
+             .then(unlock, None, [prompt, send, clear], queue=False))
         clear.click(lambda: ([], "*no reply yet*"), None, [chatbot, stats_box])
-        gr.Timer(1.0).tick(tick, samples, [samples, throughput], show_progress="hidden")
+        gr.Timer(1.0).tick(tick, samples, [samples, throughput, live_box], show_progress="hidden")
     return demo
+
+
+def _seed(text: str | None) -> int | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"seed must be a whole number or empty, not {text!r}") from None
 
 
 def _text(content) -> str:

@@ -1,7 +1,9 @@
 """The Gradio demo in a real headless Chromium (Debian's, driven by Playwright): type a prompt, watch the
-reply stream in, and see its TTFT and tokens/s."""
+reply stream in with its TTFT and tokens/s, send a second message while the first streams, and read the
+TTFT chart's axes."""
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
@@ -31,30 +33,73 @@ def page(tmp_path):
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS)
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 1400, "height": 1000})
         try:
             yield context.new_page()
         finally:
             context.close()
 
 
-def test_a_typed_prompt_gets_a_streamed_reply_with_its_timings(page, demo_url):
-    page.goto(demo_url)
-    prompt = page.locator("#prompt textarea")
-    prompt.fill("Write two sentences about the sea.")
-    prompt.press("Enter")
-    bot = page.locator("#chatbot [data-testid='bot']").last
-    lengths = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if bot.count():
-            lengths.append(len(bot.inner_text()))
-        if "finished:" in page.locator("#reply-stats").inner_text():  # the stats line while streaming lacks it
-            break
+def wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def axis_labels(page, plot: str, axis: str) -> tuple[str, list[str]]:
+    """Vega's own description of an axis ("X-axis titled 'reply' for a linear scale with values from 0 to
+    10") and its tick labels, from the SVG the plot renders."""
+    group = page.locator(f"#{plot} svg g[aria-label^='{axis}-axis']").first
+    return group.get_attribute("aria-label"), group.locator("g.role-axis-label text").all_text_contents()
+
+
+def test_a_reply_streams_and_a_message_sent_meanwhile_is_answered_after_it(page, demo_url, tmp_path):
+    page.goto(demo_url)
+    assert page.locator("#temperature input[type='range']").input_value() == "0"  # greedy by default
+    assert page.locator("#seed textarea").input_value() == ""  # unseeded: fresh randomness per reply
+    prompt = page.locator("#prompt textarea")
+    bots = page.locator("#chatbot [data-testid='bot']")
+    prompt.fill("What is the capital of France?")
+    prompt.press("Enter")
+    lengths, editable_while_streaming = [], set()
+    while "finished:" not in page.locator("#reply-stats").inner_text():  # the line while streaming lacks it
+        if bots.count() and bots.last.inner_text():
+            lengths.append(len(bots.last.inner_text()))
+            editable_while_streaming.add(prompt.is_editable())
+        time.sleep(0.05)
+        assert len(lengths) < 2400, "the first reply never finished"
+    assert editable_while_streaming == {False}, "the message box must refuse input while a reply streams"
+    # Sent the moment the box takes input again (Playwright's fill waits for that), i.e. while the first
+    # reply's stream is still closing.
+    prompt.fill("And of Italy?")
+    prompt.press("Enter")
+    wait_for(lambda: bots.count() == 2 and prompt.is_editable() and "finished:" in
+             page.locator("#reply-stats").inner_text(), "the second reply")
+    users = page.locator("#chatbot [data-testid='user']").all_inner_texts()
+    replies = [text.strip() for text in bots.all_inner_texts()]
+    assert [u.strip() for u in users] == ["What is the capital of France?", "And of Italy?"]
+    assert all(replies) and not any("error" in r.lower() for r in replies), replies
+    assert "Paris" in replies[0], replies  # greedy: a 135M model knows this one at temperature 0
+    assert len(sorted(set(lengths))) >= 2, f"the reply did not stream: lengths seen {lengths}"
     stats = page.locator("#reply-stats").inner_text()
-    assert "TTFT" in stats and "tokens/s" in stats and "finished:" in stats, stats
-    reply = bot.inner_text().strip()
-    assert reply and "error" not in reply.lower()
-    growing = sorted({n for n in lengths if n})
-    assert len(growing) >= 2, f"the reply did not stream: lengths seen {growing}; reply {reply!r}; {stats}"
+    assert "TTFT" in stats and "tokens/s" in stats, stats
+
+    points = page.locator("#reply-plot svg [aria-label^='reply: ']")  # "reply: 1; TTFT (ms): 330.4; ..."
+    wait_for(lambda: points.count() == 2, "two points in the TTFT chart")
+    page.locator("#reply-plot").screenshot(path=str(tmp_path / "ttft-chart.png"))
+    ttfts = [float(re.search(r"TTFT \(ms\): ([0-9.]+)", p.get_attribute("aria-label"))[1]) for p in points.all()]
+    x_axis, x_labels = axis_labels(page, "reply-plot", "X")
+    y_axis, y_labels = axis_labels(page, "reply-plot", "Y")
+    assert "linear scale with values from 0 to 10" in x_axis, x_axis
+    y_top = float(re.search(r"linear scale with values from 0 to ([0-9,.]+)$", y_axis)[1].replace(",", ""))
+    assert max(ttfts) < y_top < 3 * max(ttfts), (ttfts, y_axis)  # every point inside, none squashed
+    ticks = [float(label.replace(",", "")) for label in y_labels]  # whole labels: nothing clipped to "…004"
+    assert ticks[0] == 0 and ticks == sorted(ticks) and len(ticks) >= 3, y_labels
+    assert [int(label) for label in x_labels] == list(range(0, 11, int(x_labels[1]))), x_labels
+
+    wait_for(lambda: "tokens/s" in page.locator("#live-stats").inner_text(), "the server's live tokens/s", 10)
+    live = page.locator("#live-stats").inner_text()
+    assert re.search(r"KV cache [0-9.]+% used", live) and "running" in live, live

@@ -98,12 +98,17 @@ def test_cli_monitor_shows_a_vllm_server_with_numbers_and_names_the_engine(capsy
         assert "14 running, 0 waiting, KV cache 1% used" in table
 
 
-def test_demo_follows_vllm_generation_tokens():
-    from labkit.demo import ChatBackend
+def test_demo_shows_a_vllm_servers_live_numbers():
+    from labkit.demo import ChatBackend, format_live
 
     with vllm_server(SCRAPES) as url:
         backend = ChatBackend(url, model="smollm2-135m-instruct")
-        assert (backend.generated_tokens(), backend.generated_tokens()) == (2067, 4609)
+        first, second = backend.live(), backend.live()
+    assert first.tokens_per_s is None and "measuring" in format_live(first)  # a rate needs two reads
+    assert second.tokens_per_s > 0 and 0 < second.kv_usage < 1
+    shown = format_live(second)
+    assert "14 running, 0 waiting" in shown and f"KV cache {second.kv_usage:.1%} used" in shown, shown
+    assert "does not answer" in format_live(None)
 
 
 def test_dashboard_draws_a_vllm_server():
