@@ -51,6 +51,11 @@ def model_from(args: argparse.Namespace) -> str:
     return args.model_tag or args.model or DEFAULT_LLM
 
 
+def named(model: str | None) -> str | None:
+    """The model, or None where it is left out or given as 'none' (any case): no such model."""
+    return None if model is None or model.lower() == "none" else model
+
+
 def add_serving_model_flags(parser: argparse.ArgumentParser) -> None:
     """The served model's name and whether its own code may run: serve, and up for each replica."""
     parser.add_argument("--served-model-name", metavar="NAME", default=None,

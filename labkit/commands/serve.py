@@ -6,12 +6,7 @@ import sys
 
 from ..config import ServerConfig
 from .flags import (add_engine_flags, add_model_flags, add_observability_flags, add_serving_model_flags, add_slo_flags,
-                    engine_options, model_from, non_negative_float, positive_int, slo_from)
-
-
-def _none(name: str | None) -> str | None:
-    """'none' (any case) says: no such model."""
-    return None if name is None or name.lower() == "none" else name
+                    engine_options, model_from, named, non_negative_float, positive_int, slo_from)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -25,7 +20,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.tune:
         restart_tuned()  # tcmalloc preloaded: it only works from process start
     configure_logging(level)
-    model, encoder = _none(model_from(args)), _none(args.encoder)
+    model, encoder = named(model_from(args)), named(args.encoder)
     if args.served_model_name and model is None:
         raise ValueError("--served-model-name names MODEL's id, and MODEL is none")
     config = ServerConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LABKIT_API_KEY"),

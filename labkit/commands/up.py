@@ -6,7 +6,7 @@ import sys
 
 from ..config import RouterConfig, ScaleConfig
 from .flags import (add_engine_flags, add_model_flags, add_observability_flags, add_serving_model_flags, add_slo_flags,
-                    engine_flags, engine_options, model_from, non_negative_float, positive_int, slo_flags)
+                    engine_flags, engine_options, model_from, named, non_negative_float, positive_int, slo_flags)
 
 
 def replica_flags(args: argparse.Namespace, level: str) -> list[str]:
@@ -35,7 +35,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     from ..server.runner import listening_socket
 
     model = model_from(args)
-    encoder = None if args.encoder is None or args.encoder.lower() == "none" else args.encoder
+    encoder = named(args.encoder)
     for name in (model, encoder):  # an unknown model: one line now, not after three replicas failed to start
         if name is not None and name not in ALIASES:
             locate(name)
