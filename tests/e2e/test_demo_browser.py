@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from loopback import wait_for
+
 pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,14 +43,6 @@ def page(tmp_path):
             context.close()
 
 
-def wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def axis_labels(page, plot: str, axis: str) -> tuple[str, list[str]]:
     """Vega's own description of an axis ("X-axis titled 'reply' for a linear scale with values from 0 to
     10") and its tick labels, from the SVG the plot renders."""
@@ -76,8 +70,8 @@ def test_a_reply_streams_and_a_message_sent_meanwhile_is_answered_after_it(page,
     # reply's stream is still closing.
     prompt.fill("And of Italy?")
     prompt.press("Enter")
-    wait_for(lambda: bots.count() == 2 and prompt.is_editable() and "finished:" in
-             page.locator("#reply-stats").inner_text(), "the second reply")
+    assert wait_for(lambda: bots.count() == 2 and prompt.is_editable() and "finished:" in
+                    page.locator("#reply-stats").inner_text(), 120), "the second reply never finished"
     users = page.locator("#chatbot [data-testid='user']").all_inner_texts()
     replies = [text.strip() for text in bots.all_inner_texts()]
     assert [u.strip() for u in users] == ["What is the capital of France?", "And of Italy?"]
@@ -88,7 +82,7 @@ def test_a_reply_streams_and_a_message_sent_meanwhile_is_answered_after_it(page,
     assert "TTFT" in stats and "tokens/s" in stats, stats
 
     points = page.locator("#reply-plot svg [aria-label^='reply: ']")  # "reply: 1; TTFT (ms): 330.4; ..."
-    wait_for(lambda: points.count() == 2, "two points in the TTFT chart")
+    assert wait_for(lambda: points.count() == 2, 10), "the TTFT chart does not show both replies"
     page.locator("#reply-plot").screenshot(path=str(tmp_path / "ttft-chart.png"))
     ttfts = [float(re.search(r"TTFT \(ms\): ([0-9.]+)", p.get_attribute("aria-label"))[1]) for p in points.all()]
     x_axis, x_labels = axis_labels(page, "reply-plot", "X")
@@ -100,6 +94,6 @@ def test_a_reply_streams_and_a_message_sent_meanwhile_is_answered_after_it(page,
     assert ticks[0] == 0 and ticks == sorted(ticks) and len(ticks) >= 3, y_labels
     assert [int(label) for label in x_labels] == list(range(0, 11, int(x_labels[1]))), x_labels
 
-    wait_for(lambda: "tokens/s" in page.locator("#live-stats").inner_text(), "the server's live tokens/s", 10)
+    assert wait_for(lambda: "tokens/s" in page.locator("#live-stats").inner_text(), 10), "no live tokens/s"
     live = page.locator("#live-stats").inner_text()
     assert re.search(r"KV cache [0-9.]+% used", live) and "running" in live, live
