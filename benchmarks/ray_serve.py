@@ -1,5 +1,6 @@
 """Beyond one machine: labkit's replica app on Ray Serve, scaled by Ray's autoscaler from labkit's
-ScaleConfig (the mapping is in labkit/scale/ray_backend.py). Not part of `make test` (ray is heavy).
+ScaleConfig (the mapping is in labkit/scale/ray_backend.py). `make test` runs a shorter version
+(tests/integration/test_scale_ray.py).
 
 Set-up, in an environment that has labkit (ray is the optional `ray` extra):
 

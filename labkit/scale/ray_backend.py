@@ -82,8 +82,9 @@ def up_on_ray(model: str = "smollm2-135m-instruct", *, scale: ScaleConfig | None
               router: RouterConfig | None = None, device: str = "auto", dtype: str = "auto",
               engine_options: dict | None = None, address: str | None = None,
               ready_timeout_s: float = 300.0) -> RayDeployment:
-    """Deploy `model` on Ray Serve (a local Ray instance on loopback, or the cluster at `address`) and
-    return once the first replica answers /ready. ImportError names the extra when ray is missing."""
+    """Deploy `model` on Ray Serve (a new local Ray instance on loopback, or the cluster at `address`, by
+    default Ray's own `RAY_ADDRESS`) and return once the first replica answers /ready. ImportError names the
+    extra when ray is missing."""
     try:
         import ray
         from ray import serve
@@ -93,10 +94,13 @@ def up_on_ray(model: str = "smollm2-135m-instruct", *, scale: ScaleConfig | None
 
     scale, router = scale or ScaleConfig(), router or RouterConfig()
     started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+    address = address or os.environ.get("RAY_ADDRESS")
+    if started_ray:  # "local": not a cluster `ray start` left on this machine, which ray.init would join
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": os.cpu_count()}))
-    serve.start(http_options={"host": router.host, "port": router.port or 8000})
+    # One proxy, on the head: the one URL returned (a proxy on every node would also clash on one port when
+    # several nodes share a machine)
+    serve.start(proxy_location="HeadOnly", http_options={"host": router.host, "port": router.port or 8000})
     replica = serve.deployment(serve.ingress(replica_app_builder(model, device=device, dtype=dtype,
                                                                  engine_options=engine_options))(),
                                name="labkit", **ray_deployment_options(scale, router))
