@@ -211,10 +211,6 @@ class ServingMetrics:
     def render(self) -> str:
         return render(self.registry)
 
-    def metric_names(self) -> list[str]:
-        """Every family this registry declares (counters without their _total)."""
-        return [family.name for family in self.registry.collect()]
-
     def series_names(self) -> set[str]:
         return series_names(self.registry)
 

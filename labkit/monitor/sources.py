@@ -169,6 +169,9 @@ def snapshot_from_scrapes(new: scrape.Samples, old: scrape.Samples | None, span_
         notes=("percentiles interpolated from histogram buckets",))
 
 
+MISSED = "labkit:slo_missed_requests_total"
+
+
 def _goodput_from_scrape(new: scrape.Samples, old: scrape.Samples | None, span_s: float) -> Goodput:
     """Goodput from the server's own judgement (its counters, against its --slo flags); empty for an engine
     that does not count it (vLLM)."""
@@ -189,9 +192,6 @@ def _goodput_from_scrape(new: scrape.Samples, old: scrape.Samples | None, span_s
     slo = SLO(**{f"{name}_ms": seconds * 1000 for name, seconds in targets.items()
                  if name in ("ttft", "itl", "e2e") and seconds > 0})
     return Goodput(slo, good / span_s, good + sum(missed.values()), good, missed)
-
-
-MISSED = "labkit:slo_missed_requests_total"
 
 
 def _mean(samples: scrape.Samples, name: str) -> float | None:
