@@ -147,11 +147,15 @@ class Tail:
     value: float | None
 
 
+def tail_name(samples: int, q: float = 0.99) -> str:
+    """"p99" (etc.) when at least one of `samples` lies beyond the quantile (n * (1 - q) >= 1), else "max":
+    the p99 of 30 samples is their maximum, whatever a formula interpolates."""
+    return f"p{q * 100:g}" if samples * (1 - q) >= 1 - 1e-9 else "max"
+
+
 def tail(values: Sequence[float], q: float = 0.99) -> Tail:
-    """The `q` quantile of `values`, named `p99` (etc.) only when at least one sample lies beyond it
-    (n * (1 - q) >= 1); otherwise it is, honestly, the maximum."""
+    """The `q` quantile of `values` under its honest name (`tail_name`): the maximum below enough samples."""
+    name = tail_name(len(values), q)
     if not values:
-        return Tail(f"p{q * 100:g}", None)
-    if len(values) * (1 - q) < 1 - 1e-9:
-        return Tail("max", max(values))
-    return Tail(f"p{q * 100:g}", percentile(values, q))
+        return Tail(name, None)
+    return Tail(name, max(values) if name == "max" else percentile(values, q))

@@ -21,6 +21,7 @@ import httpx
 
 from ..monitor.percentiles import percentile
 from ..monitor.slo import SLO
+from .measure import tail_name
 
 PROMPTS = (
     "Explain what a hash table is.", "Write a short poem about the sea.", "What causes the seasons on Earth?",
@@ -124,7 +125,8 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
 
 def _stats(prefix: str, values: list[float]) -> dict:
     return {f"{prefix}_mean_s": sum(values) / len(values) if values else None,
-            f"{prefix}_p50_s": percentile(values, 0.5), f"{prefix}_p99_s": percentile(values, 0.99)}
+            f"{prefix}_p50_s": percentile(values, 0.5), f"{prefix}_p99_s": percentile(values, 0.99),
+            f"{prefix}_max_s": max(values, default=None), f"{prefix}_samples": len(values)}
 
 
 def _parses(text: str) -> bool:
@@ -242,14 +244,18 @@ def format_report(report: dict) -> str:
     lines = []
     for name, s in report["systems"].items():
         ms = lambda v: "n/a" if v is None else f"{v * 1000:.0f}"  # noqa: E731
+
+        def tail(prefix: str) -> str:  # fewer than 100 samples: their "p99" is the maximum, and named so
+            name = tail_name(s.get(f"{prefix}_samples", 100))
+            return f"{name} {ms(s[f'{prefix}_max_s'] if name == 'max' else s[f'{prefix}_p99_s'])} ms"
         lines += [f"{name}: {s['completed']}/{s['requests']} requests in {s['wall_s']:.1f} s, {s['errors']} errors "
                   f"{s['error_kinds'] or ''}".rstrip(),
                   f"  throughput  {s['requests_per_s']:.2f} req/s, {s['output_tokens_per_s']:.1f} output tok/s "
                   f"({s['output_tokens']} tokens)",
-                  f"  TTFT        mean {ms(s['ttft_mean_s'])} ms, p50 {ms(s['ttft_p50_s'])} ms, p99 {ms(s['ttft_p99_s'])} ms",
-                  f"  ITL         mean {ms(s['itl_mean_s'])} ms, p50 {ms(s['itl_p50_s'])} ms, p99 {ms(s['itl_p99_s'])} ms",
+                  f"  TTFT        mean {ms(s['ttft_mean_s'])} ms, p50 {ms(s['ttft_p50_s'])} ms, {tail('ttft')}",
+                  f"  ITL         mean {ms(s['itl_mean_s'])} ms, p50 {ms(s['itl_p50_s'])} ms, {tail('itl')}",
                   f"  end-to-end  mean {ms(s['latency_mean_s'])} ms, p50 {ms(s['latency_p50_s'])} ms, "
-                  f"p99 {ms(s['latency_p99_s'])} ms"]
+                  f"{tail('latency')}"]
         if "outputs_parsing_as_json" in s:
             lines.append(f"  structured  {s['outputs_parsing_as_json']}/{s['completed']} outputs parse as JSON "
                          f"(an output cut by max_tokens does not)")
