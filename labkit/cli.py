@@ -17,6 +17,7 @@ from .commands.load import add_load_commands
 from .commands.monitor import add_monitor_command
 from .commands.serve import add_serve_commands
 from .commands.up import add_up_command
+from .extras import MissingExtra
 
 DESCRIPTION = """labkit: an interactive inference lab. The flow is load → serve → route → scale → monitor.
 Models load offline: see `labkit models` for the built-in aliases; any Hugging Face id or local
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nlabkit: interrupted", file=sys.stderr)
         return 130
-    except ValueError as err:  # the user's to fix (ModelNotFoundError is one), like argparse's own errors
+    except (ValueError, MissingExtra) as err:  # the user's to fix (ModelNotFoundError is one), like argparse's
         print(f"labkit: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the world's: an address in use, a server that does not answer, a file missing

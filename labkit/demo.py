@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import httpx  # noqa: E402
 
 from .demo_chat import ChatBackend  # noqa: E402
+from .extras import needs  # noqa: E402
 from .monitor import Snapshot  # noqa: E402
 
 HISTORY_S = 120  # seconds of server throughput the live plot keeps
@@ -181,6 +182,9 @@ def start_demo(*, model="smollm2-135m-instruct", url: str | None = None, api_key
     """Start the demo; returns (gradio Blocks, its URL, the labkit server handle or None). `port=None`
     takes the first free port from 7860. With `block=False` it runs in the background: call
     `demo.close()` and `handle.stop()` when done. `model` may also be a `LoadedModel`."""
+    with needs("labkit demo"):  # before any model loads: name the extra at once if it is missing
+        import gradio  # noqa: F401
+        import pandas  # noqa: F401
     handle = None
     if url is None:
         from .server import serve

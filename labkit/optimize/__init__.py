@@ -21,7 +21,10 @@ def _lazy(module: str, function: str, **fixed) -> Callable[..., LoadedModel]:
     def run(loaded: LoadedModel, **options) -> LoadedModel:
         from importlib import import_module
 
-        return getattr(import_module(f"{__name__}.{module}"), function)(loaded, **{**fixed, **options})
+        from ..extras import needs
+
+        with needs(f"the {function} optimizer"):
+            return getattr(import_module(f"{__name__}.{module}"), function)(loaded, **{**fixed, **options})
     run.__name__ = function
     return run
 
