@@ -24,6 +24,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from ..errors import UnsupportedModel
 from .kv_cache import KVShape, PagedKVCache
 
 ATTENTION_NAME = "labkit_paged"
@@ -150,7 +151,7 @@ def probe_kv_shape(model, input_ids: torch.Tensor) -> tuple[KVShape, int, list]:
     finally:
         model.set_attn_implementation(previous)
     if not seen:
-        raise TypeError(f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
+        raise UnsupportedModel(f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
                         "so the engine cannot drive it.")
     _, num_heads, num_kv_heads, head_dim, dtype = seen[0]
     shape = KVShape(num_layers=len(seen), num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import EngineConfig
+from ..errors import UnsupportedModel
 from ..monitor.events import EventBus, QueueDepth, RequestFinished, StepStats
 from .block_manager import BlockManager
 from .model_runner import ModelRunner
@@ -65,7 +66,7 @@ class LLMEngine:
     def __init__(self, model, tokenizer, config: EngineConfig | None = None, bus: EventBus | None = None):
         reason = getattr(model, "unservable_reason", None)  # e.g. an ONNX Runtime session: no torch forward
         if reason:
-            raise TypeError(reason)
+            raise UnsupportedModel(reason)
         self.config = config or EngineConfig()
         self.bus = bus if bus is not None else EventBus()  # monitoring subscribes here; unobserved it costs nothing
         self.model = model

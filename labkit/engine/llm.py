@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 from ..config import EngineConfig
+from ..errors import UnsupportedModel
 from .chat import chat_token_ids
 from .engine import LLMEngine, StepRecord
 from .outputs import CompletionOutput, RequestOutput
@@ -36,7 +37,7 @@ class LLM:
             model = load_model(model)
         if hasattr(model, "model") and hasattr(model, "tokenizer") and hasattr(model, "kind"):  # a LoadedModel
             if model.kind != "causal-lm":
-                raise TypeError(f"{model.name} is an {model.kind} model; LLM needs a causal language model.")
+                raise UnsupportedModel(f"{model.name} is an {model.kind} model; LLM needs a causal language model.")
             tokenizer = tokenizer or model.tokenizer
             model = model.model
         if tokenizer is None:

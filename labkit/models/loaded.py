@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UnsupportedModel
 from .registry import ModelKind
 
 
@@ -44,7 +45,7 @@ class LoadedModel:
         """Sentence embeddings of an encoder: mean of token states over the attention mask (as
         sentence-transformers does for MiniLM), L2-normalised so a dot product is a cosine."""
         if self.kind != "encoder":
-            raise TypeError(f"{self.name} is a {self.kind} model; embeddings need an encoder such as minilm-l6-v2")
+            raise UnsupportedModel(f"{self.name} is a {self.kind} model; embeddings need an encoder such as minilm-l6-v2")
         batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
         states = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import UnsupportedModel
 from ..engine.dynamic_batcher import DynamicBatcher, QueueFullError
 from ..models import LoadedModel
 from .errors import queue_full
@@ -24,7 +25,7 @@ class EmbeddingService:
     def __init__(self, loaded: LoadedModel, *, max_batch_size: int = 32, max_queue_delay_ms: float = 5.0,
                  max_queue_size: int = 4096, retry_after_s: int = 1, metrics=None):
         if loaded.kind != "encoder":
-            raise TypeError(f"{loaded.name} is a {loaded.kind}; /v1/embeddings needs an encoder")
+            raise UnsupportedModel(f"{loaded.name} is a {loaded.kind}; /v1/embeddings needs an encoder")
         self.loaded = loaded
         self.name = loaded.name
         self.dimensions = int(loaded.model.config.hidden_size)

@@ -8,6 +8,7 @@ import itertools
 import time
 
 from ..config import ServerConfig
+from ..errors import UnsupportedModel
 from ..models import LoadedModel
 from .embeddings import EmbeddingService
 from .errors import APIError, model_not_found
@@ -36,7 +37,7 @@ class Services:
                                                 max_queue_delay_ms=config.embed_max_queue_delay_ms,
                                                 retry_after_s=config.retry_after_s, metrics=metrics)
             elif loaded.kind != "causal-lm":
-                raise TypeError(f"{loaded.name} is an {loaded.kind}; the server hosts causal LMs and encoders")
+                raise UnsupportedModel(f"{loaded.name} is an {loaded.kind}; the server hosts causal LMs and encoders")
             else:
                 from ..engine import AsyncLLM  # the engine, imported only where an LLM is hosted
 

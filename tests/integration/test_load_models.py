@@ -69,3 +69,13 @@ def test_cli_models_and_info():
     assert "torch" in info.stdout and "CPU" in info.stdout and "cores" in info.stdout
     if not torch.cuda.is_available():
         assert "NVML not available" in info.stdout
+
+
+def test_an_encoder_given_to_the_engine_is_the_users_mistake_not_a_bug(default_encoder):
+    from labkit import LLM
+    from labkit.errors import UnsupportedModel
+
+    with pytest.raises(UnsupportedModel, match="needs a causal language model") as refused:
+        LLM(default_encoder)
+    # A TypeError for code that catches one; a ValueError, so the CLI prints one line and exits 2.
+    assert isinstance(refused.value, TypeError) and isinstance(refused.value, ValueError)
