@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..models.loaded import LoadedModel
+from .decode import cache_keyword
 
 OPSET = 17
 
@@ -25,11 +26,12 @@ class _DecoderWithCache(torch.nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, *past):
         from transformers import DynamicCache
 
+        name = cache_keyword(self.model)
         pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
         cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
-        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+                         use_cache=True, **{name: cache})
+        present = [t for layer in getattr(out, name).layers for t in (layer.keys, layer.values)]
         return (out.logits, *present)
 
 

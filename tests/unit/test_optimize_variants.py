@@ -1,13 +1,15 @@
 """Mechanics of each optimization on tiny random models: what each scheme promises about the weights."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from labkit import load_model
 from labkit.optimize import OPTIMIZERS, optimize, stored_bytes, unservable_reason, variant_of
-from labkit.optimize.accuracy import greedy_agreement
-from labkit.optimize.decode import encode_batch, greedy
+from labkit.optimize.accuracy import greedy_agreement, next_token_agreement
+from labkit.optimize.decode import cache_keyword, encode_batch, greedy
 from labkit.optimize.prune import prunable_linears, sparsity_of
 from labkit.optimize.torch_int8 import conv1d_to_linear
 
@@ -134,3 +136,30 @@ def test_greedy_agreement_counts_the_common_prefix():
     reference = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
     candidate = torch.tensor([[1, 2, 9, 4], [5, 6, 7, 8]])
     assert greedy_agreement(reference, candidate) == pytest.approx((2 / 4 + 1) / 2)
+
+
+def test_greedy_hands_the_kv_cache_over_without_deprecation_warnings(tiny_llama):
+    ids, mask = encode_batch(tiny_llama.tokenizer, ["Hello there", "A longer prompt here"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers' renamed cache argument warns this way
+        tokens = greedy(tiny_llama.model, ids, mask, 4)
+    full = torch.cat([ids, tokens[:, :3]], dim=1)  # the cached steps must pick what a fresh forward picks
+    full_mask = torch.cat([mask, torch.ones_like(tokens[:, :3])], dim=1)
+    with torch.inference_mode():
+        fresh = tiny_llama.model(input_ids=full, attention_mask=full_mask,
+                                 position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False).logits
+    assert torch.equal(fresh[:, ids.shape[1] - 1:].argmax(-1), tokens)
+
+
+def test_cache_keyword_is_the_name_each_model_declares(tiny_llama):
+    import inspect
+
+    assert cache_keyword(tiny_llama.model) in inspect.signature(tiny_llama.model.forward).parameters
+    assert cache_keyword(optimize(tiny_llama, "onnx", level="basic").model) == "past_key_values"
+
+
+def test_next_token_agreement_is_total_for_the_same_model_and_partial_for_a_damaged_one(tiny_llama):
+    same = next_token_agreement(tiny_llama, tiny_llama, max_tokens=512)
+    assert same.share == 1.0 and same.margin_where_different is None and same.margin_overall > 0
+    pruned = next_token_agreement(tiny_llama, optimize(tiny_llama, "prune", sparsity=0.7), max_tokens=512)
+    assert 0 < pruned.share < 1 and pruned.margin_where_different >= 0
