@@ -21,6 +21,7 @@ import httpx
 
 from ..monitor.percentiles import percentile
 from ..monitor.slo import SLO
+from .engine_workload import EngineWorkload
 from .measure import tail_name
 
 PROMPTS = (
@@ -43,11 +44,29 @@ class Workload:
     seed: int = 0
     temperature: float = 0.0
     response_format: dict | None = None  # OpenAI's response_format, sent with every request
+    # "engine": `labkit bench engine`'s requests (its chats, its output lengths enforced with min_tokens and
+    # ignore_eos, which vLLM also takes), so a server and the engine alone are compared like for like
+    name: str = "default"
 
-    def items(self) -> list[tuple[str, int]]:
+    def __post_init__(self):
+        if self.name not in WORKLOADS:
+            raise ValueError(f"Unknown workload {self.name!r}; choose from {', '.join(WORKLOADS)}.")
+
+    @property
+    def exact_lengths(self) -> bool:
+        return self.name == "engine"
+
+    def items(self) -> list[tuple[list[dict], int]]:
+        """(chat messages, max_tokens) for each request."""
+        if self.name == "engine":
+            return EngineWorkload(num_requests=self.requests, min_output_tokens=self.min_tokens,
+                                  max_output_tokens=self.max_tokens, seed=self.seed).requests()
         rng = random.Random(self.seed)
-        return [(PROMPTS[i % len(PROMPTS)], rng.randint(self.min_tokens, self.max_tokens))
+        return [([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], rng.randint(self.min_tokens, self.max_tokens))
                 for i in range(self.requests)]
+
+
+WORKLOADS = ("default", "engine")
 
 
 def response_format(value: str) -> dict:
@@ -76,12 +95,15 @@ class Result:
     error: str | None = None
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int,
-                      temperature: float, headers: dict, response_format: dict | None = None) -> Result:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+async def one_request(client: httpx.AsyncClient, url: str, model: str, messages: list[dict], max_tokens: int,
+                      temperature: float, headers: dict, response_format: dict | None = None,
+                      exact_length: bool = False) -> Result:
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens,
             "temperature": temperature, "stream": True, "stream_options": {"include_usage": True}}
     if response_format is not None:
         body["response_format"] = response_format
+    if exact_length:
+        body.update(min_tokens=max_tokens, ignore_eos=True)
     started = time.perf_counter()
     last = None
     result = Result(ok=False)
@@ -188,14 +210,14 @@ async def run_load(url: str, workload: Workload, *, model: str | None = None, ap
         detected_model, server = await detect(client, url, headers)
         model = model or detected_model
         for _ in range(warmup):
-            await one_request(client, url, model, PROMPTS[0], 8, workload.temperature, headers,
-                              workload.response_format)
+            await one_request(client, url, model, [{"role": "user", "content": PROMPTS[0]}], 8,
+                              workload.temperature, headers, workload.response_format)
         gate = asyncio.Semaphore(workload.concurrency)
 
-        async def gated(prompt: str, max_tokens: int) -> Result:
+        async def gated(messages: list[dict], max_tokens: int) -> Result:
             async with gate:
-                return await one_request(client, url, model, prompt, max_tokens, workload.temperature, headers,
-                                         workload.response_format)
+                return await one_request(client, url, model, messages, max_tokens, workload.temperature, headers,
+                                         workload.response_format, workload.exact_lengths)
 
         started = time.perf_counter()
         results = await asyncio.gather(*(gated(p, n) for p, n in workload.items()))

@@ -48,7 +48,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
     structured = None if args.response_format is None else response_format(args.response_format)  # ValueError: exit 2
     workload = Workload(requests=args.requests, concurrency=args.concurrency, min_tokens=args.min_tokens,
                         max_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature,
-                        response_format=structured)
+                        response_format=structured, name=args.workload)
     slo = SLO(ttft_ms=args.slo_ttft_ms, itl_ms=args.slo_itl_ms, e2e_ms=args.slo_e2e_ms)
     try:
         report = bench_serve(args.url, workload, model=args.model, api_key=args.api_key, slo=slo, name=args.name,
@@ -143,6 +143,10 @@ def _add_bench_serve(benches) -> None:
     load.add_argument("--max-tokens", type=positive_int, default=128, help="longest max_tokens asked (default 128)")
     load.add_argument("--temperature", type=non_negative_float, default=0.0, help="default 0 (greedy)")
     load.add_argument("--seed", type=int, default=0, help="seed of the workload (default 0)")
+    load.add_argument("--workload", choices=("default", "engine"), default="default",
+                      help="default: short questions, max_tokens drawn from the range (a reply may stop early); "
+                           "engine: `bench engine`'s chats with their lengths enforced (min_tokens, ignore_eos), "
+                           "so --workload engine --requests 32 serves exactly what `bench engine` runs")
     load.add_argument("--response-format", metavar="FORMAT", default=None,
                       help="ask every request for structured output: json_object, or a JSON schema file (sent as "
                            "a strict json_schema); the report counts the outputs that parse")

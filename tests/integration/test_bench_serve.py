@@ -73,3 +73,16 @@ def test_response_format_flag_is_json_object_or_a_readable_schema(tmp_path):
     for value, message in ((str(tmp_path / "missing.json"), "cannot read"), (str(bad), "is not JSON")):
         with pytest.raises(ValueError, match=message):
             response_format(value)
+
+
+def test_the_engine_workload_serves_bench_engines_requests_at_their_exact_lengths(server):
+    from labkit.bench.engine_workload import EngineWorkload
+
+    workload = Workload(requests=3, concurrency=3, min_tokens=5, max_tokens=9, name="engine")
+    wanted = EngineWorkload(num_requests=3, min_output_tokens=5, max_output_tokens=9).requests()
+    assert workload.items() == wanted
+    report = bench_serve(server.url, workload, warmup=0)
+    system = next(iter(report["systems"].values()))
+    assert system["completed"] == 3 and system["output_tokens"] == sum(n for _, n in wanted)
+    with pytest.raises(ValueError, match="Unknown workload 'nope'"):
+        Workload(name="nope")
