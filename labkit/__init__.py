@@ -24,15 +24,16 @@ _apply_openmp_defaults(_os.environ)
 __version__ = _metadata.version("labkit")
 
 _EXPORTS = {  # along the flow
-    "load_model": ".models", "stream_generate": ".generate", "optimize_model": ".optimize:optimize",
+    "load_model": ".models", "Generator": ".generate", "stream_generate": ".generate",
+    "optimize_model": ".optimize:optimize",
     "LLM": ".engine", "AsyncLLM": ".engine", "SamplingParams": ".engine", "EngineConfig": ".config",
     "serve": ".server", "ServerConfig": ".config",
     "route": ".route", "RouterConfig": ".config",
     "up": ".scale", "ScaleConfig": ".config",
     "monitor": None,
 }
-__all__ = ["__version__", "load_model", "stream_generate", "optimize_model", "LLM", "AsyncLLM", "SamplingParams",
-           "EngineConfig", "serve", "ServerConfig", "route", "RouterConfig", "up", "ScaleConfig", "monitor"]
+__all__ = ["__version__", "load_model", "Generator", "stream_generate", "optimize_model", "LLM", "AsyncLLM",
+           "SamplingParams", "EngineConfig", "serve", "ServerConfig", "route", "RouterConfig", "up", "ScaleConfig", "monitor"]
 # The subpackages along the flow, for `labkit.scale.ReplicaPool` and the like after a plain `import labkit`.
 _EXPORTS.update(dict.fromkeys(("models", "optimize", "engine", "server", "scale")))
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
@@ -41,7 +42,7 @@ if _typing.TYPE_CHECKING:  # what each name is, for type checkers and IDEs
     from . import engine, models, monitor, optimize, scale, server
     from .config import EngineConfig, RouterConfig, ScaleConfig, ServerConfig
     from .engine import LLM, AsyncLLM, SamplingParams
-    from .generate import stream_generate
+    from .generate import Generator, stream_generate
     from .models import load_model
     from .optimize import optimize as optimize_model
     from .route import route

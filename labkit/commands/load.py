@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from importlib import metadata
 
 from ..models import ALIASES, ModelNotFoundError
@@ -32,26 +31,30 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from ..generate import stream_generate
-    from ..models import load_model
+    from ..generate import Generator
+    from ..models import is_ready, load_model
 
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    alias = ALIASES.get(args.model)
+    # A bar only for the one-off conversion: a load from the cache takes about a second and needs none.
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                        progress=alias is not None and not is_ready(alias))
     if loaded.kind != "causal-lm":  # the user's choice of model, not a bug: one line, exit 2
         raise ValueError(f"{loaded.name} is an {loaded.kind}; labkit generate needs a causal LM")
-    started = time.perf_counter()
-    first_token_at = None
-    count = 0
-    for piece, count in stream_generate(loaded, args.prompt, max_tokens=args.max_tokens,
-                                        temperature=args.temperature, chat=args.chat, seed=args.seed):
-        first_token_at = first_token_at or time.perf_counter()
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    elapsed = time.perf_counter() - started
+    with Generator(loaded) as generator:
+        print(f"[{loaded.name} {loaded.summary()['dtype']} on {loaded.device}: loaded in {loaded.load_seconds:.2f} s, "
+              f"engine ready in {generator.ready_seconds * 1000:.0f} ms (built in {generator.build_seconds * 1000:.0f}"
+              f" ms, then one untimed warm-up request)]", file=sys.stderr)
+        reply = generator.stream(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                 chat=args.chat, seed=args.seed)
+        for piece in reply:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
     sys.stdout.write("\n")
-    if count:
-        ttft = (first_token_at - started) * 1000
-        print(f"[{count} tokens in {elapsed:.2f} s: {count / elapsed:.1f} tok/s, first token after {ttft:.0f} ms; "
-              f"{loaded.name} {loaded.summary()['dtype']} on {loaded.device}]", file=sys.stderr)
+    if reply.num_tokens:
+        rate = reply.decode_tokens_per_s
+        pace = f", then {rate:.1f} tok/s" if rate is not None else ""
+        print(f"[{reply.num_tokens} tokens in {reply.duration_s:.2f} s: first token after {reply.ttft_s * 1000:.0f} ms "
+              f"(a {reply.num_prompt_tokens}-token prompt prefilled on the ready engine){pace}]", file=sys.stderr)
 
 
 def cmd_info(args: argparse.Namespace) -> None:

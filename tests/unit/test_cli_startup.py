@@ -66,9 +66,10 @@ def test_openmp_defaults_are_set_before_torch_loads_whichever_way_it_is_reached(
 
 
 def test_the_public_names_resolve_and_dir_lists_them():
-    assert sorted(labkit.__all__) == sorted({"__version__", "load_model", "stream_generate", "optimize_model", "LLM",
-                                             "AsyncLLM", "SamplingParams", "EngineConfig", "serve", "ServerConfig",
-                                             "route", "RouterConfig", "up", "ScaleConfig", "monitor"})
+    assert sorted(labkit.__all__) == sorted({"__version__", "load_model", "Generator", "stream_generate",
+                                             "optimize_model", "LLM", "AsyncLLM", "SamplingParams", "EngineConfig",
+                                             "serve", "ServerConfig", "route", "RouterConfig", "up", "ScaleConfig",
+                                             "monitor"})
     for name in labkit.__all__:
         assert getattr(labkit, name) is not None and name in dir(labkit)
     assert labkit.optimize_model is labkit.optimize.optimize and labkit.monitor.source
