@@ -2,6 +2,7 @@
 #   make lab    set up, then JupyterLab on notebooks/ at 127.0.0.1
 #   make test   set up, then the whole test suite (unit, integration, e2e, notebooks)
 #   make lock   regenerate lock/requirements.txt from pyproject.toml (uv pip compile)
+#   make notebooks  execute notebooks/ in place, outputs (and figure images) included, as they are committed
 # Set-up is incremental: stamps under .venv/ make a second run skip what has not changed.
 
 SHELL := /bin/bash
@@ -45,7 +46,7 @@ VLLM_VENV := .venv-vllm
 VLLM_VERSION := 0.32.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup lab serve demo test test-fast clean help vllm grafana lock
+.PHONY: setup lab serve demo test test-fast clean help vllm grafana lock notebooks
 
 help:
 	@echo "make lab     set up (venv, packages, default models) and start JupyterLab on 127.0.0.1:$(LAB_PORT)"
@@ -56,6 +57,8 @@ help:
 	@echo "             labkit bench engine --systems labkit,vllm --vllm-python $(VLLM_VENV)/bin/python"
 	@echo "make grafana regenerate monitoring/grafana/labkit.json from monitoring/grafana/generate.py"
 	@echo "make lock    regenerate $(LOCK) from pyproject.toml (UPGRADE=1: newest releases that fit)"
+	@echo "make notebooks  execute the notebooks in place with outputs, each figure with a PNG beside it, as they"
+	@echo "             are committed; NOTEBOOKS=notebooks/05_scale.ipynb for some; fails on any over 1 MB"
 
 setup: $(VENV)/.models-ready
 
@@ -135,6 +138,13 @@ lab: setup
 
 test: setup $(VENV)/.installed-dev $(VENV)/.apt-ready
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
+
+# Notebooks are committed executed. scripts/execute_notebooks.py runs each in a fresh kernel with
+# widgets.static_images() on (Kaleido draws a PNG of every figure with Debian's Chromium, which the apt step
+# installs, unless BROWSER_PATH names another), stores no widget state, and fails on a notebook over 1 MB.
+# make test's nbval run draws no images.
+notebooks: setup $(if $(BROWSER_PATH),,$(VENV)/.apt-ready)
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/execute_notebooks.py $(NOTEBOOKS)
 
 # The dashboard is code (grafana-foundation-sdk, in the dev extra); a unit test checks the JSON is current.
 grafana: $(VENV)/.installed-dev

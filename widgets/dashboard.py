@@ -6,18 +6,22 @@ second by a background thread (the kernel stays free; `stop()` ends the thread b
     dash                              # shows it; it starts refreshing at once (start=False to wait)
                                       # statistics over the last window_s=10 s: short, so the panels react fast
     dash.stop()
+    dash.snapshot()                   # the panels now, as a plain figure: what a saved notebook keeps
 """
 from __future__ import annotations
 
 import html
+from datetime import datetime
 
 import ipywidgets as w
+import plotly.graph_objects as go
 
 from labkit import monitor
 
 from labkit.monitor.slo import SLO
 
 from .panels import HISTORY, GoodputPanel, LatencyPanel, MemoryPanel, QueuePanel, ThroughputPanel
+from .snapshot import figure_of
 
 
 def _fmt(value, scale: float = 1.0, unit: str = "", digits: int = 0) -> str:
@@ -91,6 +95,18 @@ class Dashboard(w.VBox):
             + (f", {_fmt(s.replicas)} replicas" if s.replicas is not None else "")
             + f" · goodput {_fmt(s.goodput.fraction, 100, '%')} of {s.goodput.judged:.0f} judged"
             + f" · {s.requests_total} requests in all")
+
+    def snapshot(self) -> go.Figure:
+        """The panels as they are now, as one plain plotly Figure. A saved notebook keeps no live widget (nor
+        does its HTML render): show this at the end of a run to keep what the dashboard showed."""
+        s = self.last
+        title = "dashboard: nothing read yet" if s is None else \
+            f"{s.source} · dashboard at {datetime.fromtimestamp(s.t):%H:%M:%S}"
+        return figure_of(((self.latency, self.throughput), (self.queue, self.memory), (self.goodput,)), title)
+
+    def __repr__(self) -> str:
+        # The text a saved notebook shows where the widget cannot be drawn (nbconvert's HTML, a code host).
+        return "Dashboard: live panels, drawn only while a kernel runs; its snapshot() keeps them as a figure"
 
     # ---- SLOs ----
     def _slo_sliders(self) -> dict[str, w.IntSlider]:
