@@ -6,7 +6,8 @@ bytes read is what makes it fast; prefill of long prompts gains less because it 
 Measured on SmolLM2-135M: quantizing every Linear per-tensor triples perplexity (23 -> 79). Two fixes:
 per-output-channel weight scales, and leaving in float the layers whose *inputs* carry the outlier
 activations LLMs are known for (the MLP down projection) plus the output head, whose logits every
-token depends on. That keeps perplexity within ~13% at ~1.6x the fp32 decode speed."""
+token depends on. That keeps perplexity within ~13%. The speed it buys depends on the CPU: 1.65x fp32's
+batch-1 decode on the AMD EPYC of benchmarks/RESULTS.md, 1.0-1.2x on the Intel Xeon where notebook 07 last ran."""
 from __future__ import annotations
 
 import time
