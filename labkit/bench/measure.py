@@ -102,9 +102,10 @@ class Comparison:
         better, worse = (a, b) if self._better(a, b) else (b, a)
         factor = self.ratio(better, worse) if self.higher_is_better else self.ratio(worse, better)
         label = f" {what}" if what else ""
-        if abs(factor - 1) < NOISE:
-            return (f"{a} and {b} were within {NOISE:.0%} of each other{label} (median ratio {factor:.2f}x over "
-                    f"{n} rounds): no difference to speak of on this machine, this time.")
+        if factor < 1 + NOISE:  # a over b, as the caller named them, so it reads beside a table of ratios
+            return (f"{a} and {b} were within {NOISE:.0%} of each other{label} ({a} / {b}: median ratio "
+                    f"{self.ratio(a, b):.3f}x over {n} rounds): no difference to speak of on this machine, "
+                    "this time.")
         if self.beats_every_round(better, worse):
             return f"{better} beat {worse}{label} in all {n} rounds (median {factor:.2f}x)."
         wins = sum(self._better_value(x, y) for x, y in zip(self.rounds[better], self.rounds[worse]))
