@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 from .engine import LLM, SamplingParams
+from .errors import UnsupportedModel
 from .models import LoadedModel
 
 # One prompt needs one sequence and a cache as long as the context it may use, not a server-sized one.
@@ -33,7 +34,7 @@ class Generator:
 
     def __init__(self, model: LoadedModel, *, warm_up: bool = True, **engine_overrides):
         if model.kind != "causal-lm":
-            raise TypeError(f"{model.name} is an {model.kind}; text generation needs a causal LM.")
+            raise UnsupportedModel(f"{model.name} is an {model.kind}; text generation needs a causal LM.")
         self.model = model
         started = time.perf_counter()
         self.llm = LLM(model, **{**SINGLE_PROMPT_ENGINE, **engine_overrides})

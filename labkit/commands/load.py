@@ -38,9 +38,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     # A bar only for the one-off conversion: a load from the cache takes about a second and needs none.
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                         progress=alias is not None and not is_ready(alias))
-    if loaded.kind != "causal-lm":  # the user's choice of model, not a bug: one line, exit 2
-        raise ValueError(f"{loaded.name} is an {loaded.kind}; labkit generate needs a causal LM")
-    with Generator(loaded) as generator:
+    with Generator(loaded) as generator:  # an encoder is refused here: UnsupportedModel, one line and exit 2
         print(f"[{loaded.name} {loaded.summary()['dtype']} on {loaded.device}: loaded in {loaded.load_seconds:.2f} s, "
               f"engine ready in {generator.ready_seconds * 1000:.0f} ms (built in {generator.build_seconds * 1000:.0f}"
               f" ms, then one untimed warm-up request)]", file=sys.stderr)

@@ -99,3 +99,10 @@ def test_cli_generate_reports_loading_apart_from_a_warm_first_token():
     assert "loaded in" in ready and "engine ready in" in ready and "warm-up" in ready
     assert "first token after" in timing and "prefilled on the ready engine" in timing and "tok/s" in timing
     assert "Loading weights" not in result.stderr  # the model was ready: no bar for a one-second load
+
+
+def test_cli_generate_refuses_an_encoder_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "labkit.cli", "generate", "hi", "--model", "minilm-l6-v2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "labkit: error: minilm-l6-v2 is an encoder; text generation needs a causal LM."
