@@ -75,17 +75,22 @@ def test_executed_notebooks_keep_images_and_nothing_else(tmp_path):
                      "for n in range(1, 4):\n    clear_output(wait=True)\n"
                      "    go.Figure(go.Scatter(y=list(range(n)))).show(renderer='plotly_mimetype')\n"
                      "clear_output(wait=True)\ngo.Figure(go.Scatter(y=[3, 1, 2])).show()",
-                     "ipywidgets.IntSlider(3)")
+                     "ipywidgets.IntSlider(3)",
+                     # a reply streamed piece by piece, as notebooks 01 and 03 print one: saved as one output
+                     "import sys\nfor piece in ('Paris', ' is', ' the capital'):\n"
+                     "    sys.stdout.write(piece)\n    sys.stdout.flush()")
     done = _run(good)
     assert done.returncode == 0, done.stderr
     assert "good.ipynb: " in done.stdout and " kB" in done.stdout
     notebook = json.loads(good.read_text())
     cells = notebook["cells"]
     assert "widgets" not in notebook["metadata"] and "execution" not in cells[0]["metadata"]
-    assert [cell["execution_count"] for cell in cells] == [1, 2, 3]
+    assert [cell["execution_count"] for cell in cells] == [1, 2, 3, 4]
     [figure] = cells[1]["outputs"]
     assert figure["data"][PLOTLY]["data"][0]["y"] == [3, 1, 2] and figure["data"]["image/png"]
     assert "text/plain" in cells[2]["outputs"][0]["data"]  # a widget view keeps its text
+    [streamed] = cells[3]["outputs"]
+    assert streamed["name"] == "stdout" and "".join(streamed["text"]) == "Paris is the capital"
 
 
 def test_a_failing_or_heavy_notebook_fails_the_run_by_name(tmp_path):
