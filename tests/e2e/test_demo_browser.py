@@ -43,6 +43,14 @@ def page(tmp_path):
             context.close()
 
 
+STREAM_STATE = """() => {
+    const bots = document.querySelectorAll("#chatbot [data-testid='bot']");
+    return {stats: document.querySelector("#reply-stats").innerText,
+            reply: bots.length ? bots[bots.length - 1].innerText : "",
+            disabled: document.querySelector("#prompt textarea").disabled};
+}"""
+
+
 def axis_labels(page, plot: str, axis: str) -> tuple[str, list[str]]:
     """Vega's own description of an axis ("X-axis titled 'reply' for a linear scale with values from 0 to
     10") and its tick labels, from the SVG the plot renders."""
@@ -59,10 +67,14 @@ def test_a_reply_streams_and_a_message_sent_meanwhile_is_answered_after_it(page,
     prompt.fill("What is the capital of France?")
     prompt.press("Enter")
     lengths, editable_while_streaming = [], set()
-    while "finished:" not in page.locator("#reply-stats").inner_text():  # the line while streaming lacks it
-        if bots.count() and bots.last.inner_text():
-            lengths.append(len(bots.last.inner_text()))
-            editable_while_streaming.add(prompt.is_editable())
+    while True:
+        # One DOM snapshot: read piece by piece, the reply could finish and the box unlock between reads.
+        state = page.evaluate(STREAM_STATE)
+        if "finished:" in state["stats"]:  # the stats line while streaming lacks it
+            break
+        if state["reply"]:
+            lengths.append(len(state["reply"]))
+            editable_while_streaming.add(not state["disabled"])
         time.sleep(0.05)
         assert len(lengths) < 2400, "the first reply never finished"
     assert editable_while_streaming == {False}, "the message box must refuse input while a reply streams"
