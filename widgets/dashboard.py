@@ -89,8 +89,8 @@ class Dashboard(w.VBox):
         s = snapshot
         self.summary.value = (
             f"<b>{html.escape(s.source)}</b> · last {s.window_s:.0f} s: {_fmt(s.requests_per_s, digits=2)} req/s, "
-            f"{_fmt(s.tokens_per_s, digits=1)} tok/s, e2e p99 {_fmt(s.latency.p99, 1000, ' ms')}, "
-            f"TTFT p99 {_fmt(s.ttft.p99, 1000, ' ms')}, batch {_fmt(s.batch_size, digits=1)} · now "
+            f"{_fmt(s.tokens_per_s, digits=1)} tok/s, e2e {s.latency.name(0.99)} {_fmt(s.latency.p99, 1000, ' ms')}, "
+            f"TTFT {s.ttft.name(0.99)} {_fmt(s.ttft.p99, 1000, ' ms')}, batch {_fmt(s.batch_size, digits=1)} · now "
             f"{_fmt(s.running)} running, {_fmt(s.waiting)} waiting, KV {_fmt(s.kv_usage, 100, '%')}"
             + (f", {_fmt(s.replicas)} replicas" if s.replicas is not None else "")
             + f" · goodput {_fmt(s.goodput.fraction, 100, '%')} of {s.goodput.judged:.0f} judged"

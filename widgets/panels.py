@@ -47,13 +47,18 @@ class Panel:
 
 
 class LatencyPanel(Panel):
-    """End-to-end latency (mean and p99) and time to first token (p50 and p99), in milliseconds."""
+    """End-to-end latency (mean and p99) and time to first token (p50 and p99), in milliseconds. A window of
+    fewer than 100 requests has no p99 but its slowest: the legend then says "max" (`Summary.name`)."""
 
     title = "Latency (ms)"
     yaxis = "ms"
     traces = ("e2e mean", "e2e p99", "TTFT p50", "TTFT p99")
 
     def values(self, s: Snapshot):
+        for trace, label, summary in ((self.figure.data[1], "e2e", s.latency), (self.figure.data[3], "TTFT", s.ttft)):
+            name = f"{label} {summary.name(0.99)}"
+            if summary.count and trace.name != name:  # an empty window keeps the last name: it has no point
+                trace.name = name
         return _ms(s.latency.mean), _ms(s.latency.p99), _ms(s.ttft.p50), _ms(s.ttft.p99)
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ..monitor.percentiles import percentile
+from ..monitor.percentiles import Tail, tail, tail_name  # noqa: F401  (the tails' one definition, shared with monitor)
 
 PRESSURE = "/proc/pressure/cpu"
 SHARED_ABOVE = 0.2  # share of wall time with a task waiting for a CPU above which the cores count as shared
@@ -140,23 +140,3 @@ def compare(systems: Mapping[str, Callable[[], float]], rounds: int = MIN_ROUNDS
         for name in names[r % len(names):] + names[:r % len(names)]:
             values[name].append(float(systems[name]()))
     return Comparison({name: tuple(v) for name, v in values.items()}, higher_is_better, meter.share())
-
-
-@dataclass(frozen=True)
-class Tail:
-    name: str  # "p99", or "max" when there are too few samples for that quantile to mean anything else
-    value: float | None
-
-
-def tail_name(samples: int, q: float = 0.99) -> str:
-    """"p99" (etc.) when at least one of `samples` lies beyond the quantile (n * (1 - q) >= 1), else "max":
-    the p99 of 30 samples is their maximum, whatever a formula interpolates."""
-    return f"p{q * 100:g}" if samples * (1 - q) >= 1 - 1e-9 else "max"
-
-
-def tail(values: Sequence[float], q: float = 0.99) -> Tail:
-    """The `q` quantile of `values` under its honest name (`tail_name`): the maximum below enough samples."""
-    name = tail_name(len(values), q)
-    if not values:
-        return Tail(name, None)
-    return Tail(name, max(values) if name == "max" else percentile(values, q))

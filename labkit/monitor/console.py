@@ -11,7 +11,13 @@ def _num(value, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
 
 
 def _ms(summary: Summary) -> list[str]:
-    return [_num(v, 1000, 0) for v in (summary.mean, summary.p50, summary.p95, summary.p99)]
+    return [_num(summary.mean, 1000, 0), _num(summary.p50, 1000, 0), _tail(summary.p95, summary.name(0.95)),
+            _tail(summary.p99, summary.name(0.99))]
+
+
+def _tail(value: float | None, name: str) -> str:
+    """A p95/p99 cell, marked where the window held too few values for that quantile (`Summary.name`)."""
+    return _num(value, 1000, 0) + (" (max)" if value is not None and name == "max" else "")
 
 
 def format_snapshot(s: Snapshot) -> str:
@@ -44,6 +50,9 @@ def format_snapshot(s: Snapshot) -> str:
         util = f", {'GPU' if m.is_gpu else 'CPU'} {_num(m.utilization_perc, 100, 0, '%')} busy"
         lines.append(f"memory       {_num(m.used_bytes, 2**-30, 2)} GiB{total} ({m.label}){util}")
     lines.append(f"in all       {s.requests_total:,} requests, {s.tokens_total:,} tokens")
+    if any("(max)" in cell for row in rows for cell in row):
+        lines.append("note         (max): too few values in the window for that percentile (p95 needs 20, p99 100), "
+                     "so it is the slowest one")
     for note in s.notes:
         lines.append(f"note         {note}")
     return "\n".join(lines)

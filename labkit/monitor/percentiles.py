@@ -4,12 +4,15 @@
 bench, monitor, router and the load generator all use it, so a "p99" means the same thing everywhere.
 `histogram_quantile` is what PromQL's `histogram_quantile()` computes from cumulative bucket counts, so a
 percentile read from /metrics matches what Grafana shows for the same window.
+`tail_name` says what a tail of so many samples honestly is: the p99 of 30 requests is their maximum, and is
+named "max" wherever labkit prints or plots it.
 """
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 _PRECISION_TOLERANCE = 1e-12  # Prometheus's: relative differences this small between buckets are float noise
 
@@ -78,3 +81,23 @@ def _monotonic(counts: list[float]) -> list[float]:
         highest = max(highest, count)
         fixed[i] = highest
     return fixed
+
+
+@dataclass(frozen=True)
+class Tail:
+    name: str  # "p99", or "max" when there are too few samples for that quantile to mean anything else
+    value: float | None
+
+
+def tail_name(samples: int, q: float = 0.99) -> str:
+    """"p99" (etc.) when at least one of `samples` lies beyond the quantile (n * (1 - q) >= 1), else "max":
+    the p99 of 30 samples is their maximum, whatever a formula interpolates."""
+    return f"p{q * 100:g}" if samples * (1 - q) >= 1 - 1e-9 else "max"
+
+
+def tail(values: Sequence[float], q: float = 0.99) -> Tail:
+    """The `q` quantile of `values` under its honest name (`tail_name`): the maximum below enough samples."""
+    name = tail_name(len(values), q)
+    if not values:
+        return Tail(name, None)
+    return Tail(name, max(values) if name == "max" else percentile(values, q))

@@ -148,6 +148,8 @@ def snapshot_from_scrapes(new: scrape.Samples, old: scrape.Samples | None, span_
             return Summary()
         cumulative = scrape.bucket_increase(new, old, name)
         total = scrape.increase(new, old, f"{name}_sum") or 0.0
+        # Below 100 observations the 0.99 rank lies in the slowest one's bucket: the p99 estimates their maximum,
+        # and Summary.name(0.99) calls it so.
         return Summary(int(count), total / count, *(histogram_quantile(q, cumulative) for q in (0.5, 0.95, 0.99)))
 
     batch_steps = scrape.increase(new, old, "labkit:batch_size_count") if windowed else None

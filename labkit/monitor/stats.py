@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .devices import MemoryReading
 from .events import Event, EventBus, QueueDepth, ReplicaCount, RequestFinished, StepStats, now
-from .percentiles import percentile
+from .percentiles import percentile, tail, tail_name
 from .slo import PHASES, SLO
 
 MAX_WINDOW_ENTRIES = 200_000  # a hard bound on memory whatever the traffic
@@ -22,7 +22,8 @@ MAX_WINDOW_ENTRIES = 200_000  # a hard bound on memory whatever the traffic
 
 @dataclass(frozen=True)
 class Summary:
-    """A distribution over the window: how many values, their mean and percentiles (seconds). None: no data."""
+    """A distribution over the window: how many values, their mean and percentiles (seconds). None: no data.
+    Below 20 values p95 is their maximum, below 100 so is p99: `name(q)` says which a view should print."""
 
     count: int = 0
     mean: float | None = None
@@ -35,8 +36,12 @@ class Summary:
         if not values:
             return cls()
         ordered = sorted(values)  # once: percentile's own sort of sorted input is a linear pass
-        return cls(len(ordered), statistics.fmean(ordered), percentile(ordered, 0.50), percentile(ordered, 0.95),
-                   percentile(ordered, 0.99))
+        return cls(len(ordered), statistics.fmean(ordered), percentile(ordered, 0.50), tail(ordered, 0.95).value,
+                   tail(ordered, 0.99).value)
+
+    def name(self, q: float) -> str:
+        """What the `q` figure of these `count` values honestly is: "p95", "p99", or "max" (`tail_name`)."""
+        return tail_name(self.count, q)
 
 
 @dataclass(frozen=True)

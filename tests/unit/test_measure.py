@@ -74,3 +74,10 @@ def test_no_pressure_file_means_unknown(monkeypatch, tmp_path):
     monkeypatch.setattr(measure, "PRESSURE", str(tmp_path / "missing"))
     assert measure.cpu_pressure_seconds() is None
     assert compare({"a": lambda: 1.0}).contention is None
+
+
+def test_bench_and_monitor_share_one_tail_definition():
+    from labkit.monitor import percentiles
+
+    assert measure.tail is percentiles.tail and measure.tail_name is percentiles.tail_name
+    assert [percentiles.tail_name(n, 0.95) for n in (0, 19, 20)] == ["max", "max", "p95"]

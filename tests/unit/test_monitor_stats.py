@@ -29,7 +29,7 @@ def test_rolling_stats_give_percentiles_rates_and_forget_old_events():
     snap = stats.snapshot(at=100.0)
     assert snap.latency.count == 11  # t = 90 .. 100
     assert snap.latency.p50 == pytest.approx(0.95) and snap.latency.mean == pytest.approx(0.95)
-    assert snap.latency.p99 == pytest.approx(0.999)
+    assert snap.latency.p99 == 1.0 and snap.latency.name(0.99) == "max"  # 11 values: their p99 is the slowest
     assert snap.requests_per_s == pytest.approx(1.1) and snap.tokens_per_s == pytest.approx(0.6)
     assert snap.itl.count == 22 and snap.itl.p50 == pytest.approx(0.03)
     assert snap.batch_size == 3 and (snap.running, snap.waiting, snap.kv_usage) == (1, 0, 0.25)
@@ -83,6 +83,33 @@ def test_two_scrapes_become_the_same_statistics_as_promql_would_give():
     first = snapshot_from_scrapes(scrape.parse(metrics.render()), None, 0.0, "test")
     assert first.requests_per_s is None and first.latency.count == 0 and first.kv_usage == 0.0
     assert "end-to-end" in format_snapshot(snap) and "tokens/s" in format_snapshot(first)
+
+
+def test_tails_of_few_values_are_named_and_valued_as_the_maximum():
+    few, many = RollingStats(window_s=60), RollingStats(window_s=60)
+    for i in range(1, 13):  # 12 requests: enough for no p95 or p99
+        few.record(finished(t=few.started, e2e=i / 10))
+    for i in range(1, 201):  # 200 requests: a p99 proper
+        many.record(finished(t=many.started, e2e=i / 100))
+    small, large = few.snapshot().latency, many.snapshot().latency
+    assert (small.name(0.95), small.name(0.99), small.p95, small.p99) == ("max", "max", 1.2, 1.2)
+    assert (large.name(0.95), large.name(0.99)) == ("p95", "p99") and large.p99 == pytest.approx(1.9801)  # interpolated: not the max, 2.0
+    table = format_snapshot(few.snapshot())
+    end_to_end = next(line for line in table.splitlines() if line.startswith("end-to-end"))
+    assert end_to_end.split()[-5:] == ["1,200", "(max)", "1,200", "(max)", "12"] and "p95 needs 20, p99 100" in table
+    table = format_snapshot(many.snapshot())
+    assert "(max)" not in table and "p95 needs" not in table
+
+
+def test_a_histogram_of_few_requests_gives_a_max_estimate():
+    bus = EventBus()
+    metrics = ServingMetrics(bus)
+    before = scrape.parse(metrics.render())
+    for e2e in (0.12, 0.18, 0.6, 0.9):
+        bus.publish(finished(t=0, e2e=e2e))
+    latency = snapshot_from_scrapes(scrape.parse(metrics.render()), before, 10.0, "test").latency
+    assert latency.name(0.99) == "max" and 0.75 < latency.p99 <= 1.0  # within the slowest request's bucket
+    assert "(max)" in format_snapshot(snapshot_from_scrapes(scrape.parse(metrics.render()), before, 10.0, "test"))
 
 
 def test_counter_reset_and_merge():

@@ -108,3 +108,19 @@ def test_panels_read_plainly_and_the_button_to_press_is_the_coloured_one():
     memory.draw(Snapshot(t=0.0, window_s=1.0, memory=MemoryReading("cpu", 2**30, 2**35, 0.1, "process RSS")))
     assert memory.figure.data[1].showlegend is False  # no empty "total" entry on a CPU
 
+
+
+def test_a_p99_of_few_requests_is_labelled_max():
+    from labkit.monitor import EventBus
+
+    few, many = Summary.of([0.1 * i for i in range(1, 13)]), Summary.of([0.01 * i for i in range(1, 201)])
+    panel = LatencyPanel()
+    panel.draw(Snapshot(t=0.0, window_s=1.0, latency=few, ttft=many))
+    assert [t.name for t in panel.figure.data] == ["e2e mean", "e2e max", "TTFT p50", "TTFT p99"]
+    assert panel.figure.data[1].y[-1] == pytest.approx(1200.0)  # the slowest of the 12, not an interpolation
+    panel.draw(Snapshot(t=1.0, window_s=1.0, latency=many, ttft=Summary()))
+    assert [t.name for t in panel.figure.data][1::2] == ["e2e p99", "TTFT p99"]  # empty TTFT window: name kept
+    dash = Dashboard(EventBus(), start=False)
+    dash.draw(Snapshot(t=0.0, window_s=1.0, latency=few, ttft=many))
+    assert "e2e max 1,200 ms" in dash.summary.value and "TTFT p99 " in dash.summary.value
+    dash.close()
