@@ -102,6 +102,9 @@ class Comparison:
         better, worse = (a, b) if self._better(a, b) else (b, a)
         factor = self.ratio(better, worse) if self.higher_is_better else self.ratio(worse, better)
         label = f" {what}" if what else ""
+        if factor < 1 + NOISE and self.beats_every_round(better, worse):
+            return (f"{better} was ahead of {worse}{label} in all {n} rounds, by under {NOISE:.0%} (median "
+                    f"{factor:.2f}x): a small edge, but a consistent one in these rounds.")
         if factor < 1 + NOISE:  # a over b, as the caller named them, so it reads beside a table of ratios
             return (f"{a} and {b} were within {NOISE:.0%} of each other{label} ({a} / {b}: median ratio "
                     f"{self.ratio(a, b):.3f}x over {n} rounds): no difference to speak of on this machine, "

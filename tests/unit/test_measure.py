@@ -37,6 +37,15 @@ def test_verdict_says_every_round_only_when_true():
     assert "within 10% of each other" in close.verdict("a", "b")
 
 
+def test_a_small_gap_won_in_every_round_is_not_called_no_difference():
+    edge = Comparison({"a": (106.0, 105.0, 107.0), "b": (100.0, 99.0, 101.0)})
+    assert edge.verdict("b", "a", "on decode") == edge.verdict("a", "b", "on decode") == (
+        "a was ahead of b on decode in all 3 rounds, by under 10% (median 1.06x): a small edge, but a consistent "
+        "one in these rounds.")
+    faster = Comparison({"a": (0.95, 0.94, 0.96), "b": (1.0, 1.01, 0.99)}, higher_is_better=False)
+    assert faster.verdict("b", "a").startswith("a was ahead of b in all 3 rounds, by under 10% (median 1.05x)")
+
+
 def test_lower_is_better_for_latencies():
     latency = Comparison({"least": (1.0, 1.2, 1.1), "random": (2.0, 2.4, 2.2)}, higher_is_better=False)
     assert latency.best() == "least"
