@@ -35,6 +35,14 @@ def default_llm_fp32():
 
 
 @pytest.fixture(scope="session")
+def default_llm_bf16():
+    """The default LLM in bfloat16, the dtype the engine defaults to on a CPU that has it."""
+    from labkit import load_model
+
+    return load_model("smollm2-135m-instruct", device="cpu", dtype="bfloat16", progress=False)
+
+
+@pytest.fixture(scope="session")
 def default_encoder():
     from labkit import load_model
 

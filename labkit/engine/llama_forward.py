@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
 from .packed_linear import pack_weight, packed_matmul, packing_available, packs_identically
 
 FAMILY = ("llama", "mistral", "qwen2")
@@ -54,12 +55,14 @@ class Projection:
 
     float32 keeps the layers apart (a concatenated weight may round differently, and float32 is where
     results are compared bit for bit with transformers); other dtypes concatenate the weights once (a copy),
-    and bfloat16 on a CPU reorders that copy once for oneDNN.
+    and bfloat16 on a CPU reorders that copy once for oneDNN. With `gemv`, a one-token input multiplies the
+    plain bfloat16 weight through `cpu_kernels.gemv` (which then keeps the concatenated copy beside the packed one).
     """
 
-    def __init__(self, linears, pack: bool, batch_hint: int):
+    def __init__(self, linears, pack: bool, batch_hint: int, gemv: bool = False):
         self.linears = list(linears)
         self.packed = None
+        self.gemv = False
         weights = [lin.weight.detach() for lin in self.linears]
         biases = [lin.bias.detach() if lin.bias is not None else None for lin in self.linears]
         self.fused = weights[0].dtype != torch.float32 or len(weights) == 1
@@ -70,28 +73,35 @@ class Projection:
             self.bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
         else:
             self.bias = None
-        if pack and self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu" and packing_available():
+        on_cpu_bf16 = self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu"
+        self.gemv = gemv and on_cpu_bf16 and self.weight.is_contiguous()
+        if pack and on_cpu_bf16 and packing_available():
             packed = pack_weight(self.weight, batch_hint)
             if packs_identically(self.weight, packed, self.bias):  # else this oneDNN build rounds differently
                 self.packed = packed
-                if len(weights) > 1:
+                if len(weights) > 1 and not self.gemv:
                     self.weight = None  # the concatenated copy is not needed beside its packed one
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ weight.T + bias, plus `residual` when given (the product rounded to the dtype first)."""
+        if self.gemv and x.shape[0] == 1:
+            return cpu_kernels.gemv(x, self.weight, self.bias, residual)
         if self.packed is not None:
-            return packed_matmul(x, self.packed, self.bias)
-        if self.fused:
-            return F.linear(x, self.weight, self.bias)
-        return torch.cat([F.linear(x, lin.weight, lin.bias) for lin in self.linears], dim=-1)
+            out = packed_matmul(x, self.packed, self.bias)
+        elif self.fused:
+            out = F.linear(x, self.weight, self.bias)
+        else:
+            out = torch.cat([F.linear(x, lin.weight, lin.bias) for lin in self.linears], dim=-1)
+        return out if residual is None else residual + out
 
 
 class _Layer:
-    def __init__(self, layer, pack: bool, batch_hint: int):
+    def __init__(self, layer, pack: bool, batch_hint: int, gemv: bool):
         attention, mlp = layer.self_attn, layer.mlp
-        self.qkv = Projection((attention.q_proj, attention.k_proj, attention.v_proj), pack, batch_hint)
-        self.o = Projection((attention.o_proj,), pack, batch_hint)
-        self.gate_up = Projection((mlp.gate_proj, mlp.up_proj), pack, batch_hint)
-        self.down = Projection((mlp.down_proj,), pack, batch_hint)
+        self.qkv = Projection((attention.q_proj, attention.k_proj, attention.v_proj), pack, batch_hint, gemv)
+        self.o = Projection((attention.o_proj,), pack, batch_hint, gemv)
+        self.gate_up = Projection((mlp.gate_proj, mlp.up_proj), pack, batch_hint, gemv)
+        self.down = Projection((mlp.down_proj,), pack, batch_hint, gemv)
         self.input_norm = layer.input_layernorm
         self.post_norm = layer.post_attention_layernorm
         self.scaling = attention.scaling
@@ -107,14 +117,17 @@ def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
 class LlamaForward:
     """`forward(input_ids, positions, keep) -> logits` over one packed row, attention by `attention`."""
 
-    def __init__(self, model, attention, pack: bool, batch_hint: int = 32):
+    def __init__(self, model, attention, pack: bool, batch_hint: int = 32, kernels: bool = False):
         config = model.config
         self.attention = attention
         self.embed = model.model.embed_tokens
         self.rotary = model.model.rotary_emb
         self.final_norm = model.model.norm
-        self.layers = [_Layer(layer, pack, batch_hint) for layer in model.model.layers]
-        self.lm_head = Projection((model.lm_head,), pack, batch_hint)
+        # labkit's kernels replicate bfloat16 math on a CPU; float32 stays on torch's ops (compared bit for bit).
+        self.kernels = (kernels and cpu_kernels.unavailable_reason() is None
+                        and model.lm_head.weight.dtype == torch.bfloat16 and model.lm_head.weight.device.type == "cpu")
+        self.layers = [_Layer(layer, pack, batch_hint, self.kernels) for layer in model.model.layers]
+        self.lm_head = Projection((model.lm_head,), pack, batch_hint, self.kernels)
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -127,6 +140,8 @@ class LlamaForward:
         return x * cos + torch.cat((-second, first), dim=-1) * sin
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        if self.kernels:
+            return self._forward_with_kernels(input_ids, positions, keep)
         tokens = input_ids.shape[0]
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         h = self.embed(input_ids)  # [tokens, hidden]
@@ -143,3 +158,24 @@ class LlamaForward:
             gate, up = layer.gate_up(_rms_norm(h, layer.post_norm)).chunk(2, dim=-1)
             h = h + layer.down(F.silu(gate) * up)
         return self.lm_head(_rms_norm(h.index_select(0, keep), self.final_norm))
+
+    def _forward_with_kernels(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The same layers through `cpu_kernels`: a norm and the rotary embeddings are one call each instead of
+        five to ten torch ops, and one-token steps fold the residual additions into the matrix-vector products
+        (torch's own SiLU, vectorised, stays: a plain C loop over expf was slower)."""
+        tokens = input_ids.shape[0]
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        h = self.embed(input_ids)
+        cos, sin = (t[0] for t in self.rotary(h, positions.unsqueeze(0)))  # [tokens, head_dim]
+        for index, layer in enumerate(self.layers):
+            qkv = layer.qkv(cpu_kernels.rms_norm(h, layer.input_norm.weight, layer.input_norm.variance_epsilon))
+            qk = cpu_kernels.rotary(qkv, heads + kv_heads, head_dim, cos, sin)  # [tokens, heads + kv_heads, d]
+            v = qkv[:, self.split[0]:].view(tokens, kv_heads, head_dim)
+            q, k = qk.split((heads, kv_heads), dim=1)
+            out = self.attention.attend_layer(index, q.transpose(0, 1), k, v, layer.scaling)
+            h = layer.o(out.reshape(tokens, heads * head_dim), residual=h)
+            gate_up = layer.gate_up(cpu_kernels.rms_norm(h, layer.post_norm.weight, layer.post_norm.variance_epsilon))
+            gate, up = gate_up.chunk(2, dim=-1)
+            h = layer.down(F.silu(gate) * up, residual=h)
+        last = h.index_select(0, keep)
+        return self.lm_head(cpu_kernels.rms_norm(last, self.final_norm.weight, self.final_norm.variance_epsilon))

@@ -56,7 +56,7 @@ class ModelRunner:
         # The Llama family takes a lean forward of its own; everything else runs transformers' modules.
         self.generic_reason = unsupported_reason(model) if config.lean_forward else "lean_forward=False"
         self.lean = None if self.generic_reason else LlamaForward(model, self.attention, config.prepack_weights,
-                                                                   config.max_num_seqs)
+                                                                   config.max_num_seqs, config.cpu_kernels)
         self.packed_linears = []
         if self.lean is None and config.prepack_weights:
             self.packed_linears = prepack_linears(model, config.max_num_seqs)

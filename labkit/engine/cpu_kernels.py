@@ -1,0 +1,205 @@
+"""labkit's own bfloat16 CPU kernels for the lean forward, on CPUs with AVX512-BF16, compiled on first use.
+
+Why: a decode step at batch 1 multiplies one token's activations by every weight matrix of the model, so its
+time is the time to read the weights from memory, plus a few microseconds of dispatch for each of the
+step's thousands of small torch ops. oneDNN's kernels, built for matrices, read the weights at about half the
+bandwidth the machine gives a plain streaming read (on the 2-core Xeon this was written on: 11 GB/s against
+24). `gemv` streams each weight matrix once, eight rows at a time with `vdpbf16ps` (bfloat16 pairs multiplied
+and summed into float32), prefetching ahead, split over the OpenMP threads torch uses (the same libgomp, so
+torch's thread count and the engine's thread governor apply to it too): about 1.5x oneDNN on the same
+weights, and it adds the residual in the same pass. `rms_norm` and `rotary` do in one call what transformers
+does in five to ten ops, with the same roundings.
+
+Results are float32 sums rounded once to bfloat16, like torch's, but summed in another order, so a value can
+differ in its last bit. The source is C compiled by the system's `gcc` into `~/.cache/labkit/kernels/` (a
+fraction of a second, once per source and compiler); without gcc or without AVX512-BF16 the engine keeps
+torch's ops, and `unavailable_reason()` says why.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SOURCE = r"""
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch does */
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+static inline float from_bf16(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
+
+/* out[n] = sum_k weight[n, k] * x[k] (+ bias[n]) (+ residual[n]); weight row-major [rows, cols], all bf16. */
+void gemv_bf16(const uint16_t* weight, const uint16_t* x, const uint16_t* bias, const uint16_t* residual,
+               uint16_t* out, int rows, int cols) {
+    const int full = cols & ~31;
+    const __mmask32 tail = (__mmask32)((1ull << (cols - full)) - 1);
+    #pragma omp parallel for schedule(static)
+    for (int block = 0; block < (rows + 7) / 8; block++) {
+        const int first = block * 8, count = rows - first < 8 ? rows - first : 8;
+        const uint16_t* w = weight + (size_t)first * cols;
+        __m512 sum[8];
+        for (int r = 0; r < 8; r++) sum[r] = _mm512_setzero_ps();
+        for (int k = 0; k < full; k += 32) {
+            __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
+            for (int r = 0; r < count; r++) {
+                _mm_prefetch((const char*)(w + (size_t)(r + 8) * cols + k), _MM_HINT_T0);
+                sum[r] = _mm512_dpbf16_ps(sum[r], (__m512bh)_mm512_loadu_si512(w + (size_t)r * cols + k), xv);
+            }
+        }
+        if (tail) {
+            __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(tail, x + full);
+            for (int r = 0; r < count; r++)
+                sum[r] = _mm512_dpbf16_ps(sum[r], (__m512bh)_mm512_maskz_loadu_epi16(tail, w + (size_t)r * cols + full), xv);
+        }
+        for (int r = 0; r < count; r++) {
+            float value = _mm512_reduce_add_ps(sum[r]);
+            if (bias) value += from_bf16(bias[first + r]);
+            if (residual) value = from_bf16(to_bf16(value)) + from_bf16(residual[first + r]);
+            out[first + r] = to_bf16(value);
+        }
+    }
+}
+
+/* out = weight * bf16(x * rsqrt(mean(x^2) + eps)), per row: transformers' LlamaRMSNorm, with its roundings. */
+void rms_norm_bf16(const uint16_t* x, const uint16_t* weight, float eps, uint16_t* out, int rows, int cols) {
+    #pragma omp parallel for schedule(static) if (rows > 16)
+    for (int r = 0; r < rows; r++) {
+        const uint16_t* row = x + (size_t)r * cols;
+        double squares = 0;
+        for (int c = 0; c < cols; c++) { float v = from_bf16(row[c]); squares += (double)v * v; }
+        const float scale = 1.0f / sqrtf((float)(squares / cols) + eps);
+        for (int c = 0; c < cols; c++)
+            out[(size_t)r * cols + c] = to_bf16(from_bf16(weight[c]) * from_bf16(to_bf16(from_bf16(row[c]) * scale)));
+    }
+}
+
+/* Rotary embeddings of `heads` heads of each token (row stride `stride` elements), into out [tokens, heads, dim]:
+   x * cos + cat(-x2, x1) * sin with cos, sin [tokens, dim], each product and the sum rounded to bf16. */
+void rotary_bf16(const uint16_t* x, int stride, const uint16_t* cos, const uint16_t* sin, uint16_t* out,
+                 int tokens, int heads, int dim) {
+    const int half = dim / 2;
+    #pragma omp parallel for schedule(static) if (tokens > 16)
+    for (int t = 0; t < tokens; t++) {
+        const uint16_t* c = cos + (size_t)t * dim;
+        const uint16_t* s = sin + (size_t)t * dim;
+        for (int h = 0; h < heads; h++) {
+            const uint16_t* v = x + (size_t)t * stride + h * dim;
+            uint16_t* o = out + ((size_t)t * heads + h) * dim;
+            for (int i = 0; i < dim; i++) {
+                float rotated = i < half ? -from_bf16(v[i + half]) : from_bf16(v[i - half]);
+                float a = from_bf16(to_bf16(from_bf16(v[i]) * from_bf16(c[i])));
+                float b = from_bf16(to_bf16(rotated * from_bf16(s[i])));
+                o[i] = to_bf16(a + b);
+            }
+        }
+    }
+}
+"""
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "labkit" / "kernels"
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> tuple[ctypes.CDLL | None, str | None, float]:
+    """(the loaded library, why not, seconds spent compiling): compiled once per process at most."""
+    if "avx512_bf16" not in _cpu_flags():
+        return None, "this CPU lacks AVX512-BF16", 0.0
+    compiler = shutil.which(os.environ.get("CC", "gcc"))
+    if compiler is None:
+        return None, "no C compiler (gcc) on PATH", 0.0
+    digest = hashlib.sha256((SOURCE + " ".join(FLAGS) + compiler).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"gemv-{digest}.so"
+    started = time.perf_counter()
+    if not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as work:
+                source, built = Path(work) / "gemv.c", Path(work) / "gemv.so"
+                source.write_text(SOURCE)
+                subprocess.run([compiler, *FLAGS, str(source), "-o", str(built), "-lm"], check=True,
+                               capture_output=True, text=True, timeout=120)
+                os.replace(built, target)  # atomic: a concurrent process sees the whole library or none
+        except (OSError, subprocess.SubprocessError) as failure:
+            detail = getattr(failure, "stderr", "") or str(failure)
+            return None, f"compiling the kernel failed: {detail.strip().splitlines()[-1] if detail.strip() else failure}", 0.0
+    compile_s = time.perf_counter() - started
+    try:
+        library = ctypes.CDLL(str(target))
+    except OSError as failure:
+        return None, f"loading the kernel failed: {failure}", compile_s
+    pointer, number = ctypes.c_void_p, ctypes.c_int
+    signatures = {"gemv_bf16": [pointer] * 5 + [number] * 2,
+                  "rms_norm_bf16": [pointer, pointer, ctypes.c_float, pointer, number, number],
+                  "rotary_bf16": [pointer, number, pointer, pointer, pointer, number, number, number]}
+    for name, arguments in signatures.items():
+        getattr(library, name).argtypes = arguments
+        getattr(library, name).restype = None
+    return library, None, compile_s
+
+
+def unavailable_reason() -> str | None:
+    """None when the kernel runs here; else why the engine keeps oneDNN for one-token steps."""
+    return _library()[1]
+
+
+def compile_seconds() -> float:
+    """Seconds this process spent compiling the kernel (0 when it came from the cache)."""
+    return _library()[2]
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         residual: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` (+ `residual`) for one bfloat16 row `x` [1, cols]; weight contiguous
+    [rows, cols]. With `residual` the product is rounded to bfloat16 before the addition, as two torch ops
+    would round it."""
+    library = _library()[0]
+    x = x.contiguous()
+    out = torch.empty((1, weight.shape[0]), dtype=torch.bfloat16)
+    library.gemv_bf16(weight.data_ptr(), x.data_ptr(), 0 if bias is None else bias.data_ptr(),
+                      0 if residual is None else residual.contiguous().data_ptr(), out.data_ptr(),
+                      weight.shape[0], weight.shape[1])
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm over the rows of bfloat16 `x` [rows, cols], in one call."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    _library()[0].rms_norm_bf16(x.data_ptr(), weight.data_ptr(), eps, out.data_ptr(), x.shape[0], x.shape[1])
+    return out
+
+
+def rotary(x: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embeddings of the first `heads` heads of each row of `x` [tokens, >= heads * head_dim] (a slice of
+    a wider row is fine), with cos and sin [tokens, head_dim]: a new [tokens, heads, head_dim] tensor."""
+    assert x.stride(1) == 1 and cos.is_contiguous() and sin.is_contiguous()
+    out = x.new_empty((x.shape[0], heads, head_dim))
+    _library()[0].rotary_bf16(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
+                              x.shape[0], heads, head_dim)
+    return out

@@ -1,0 +1,82 @@
+"""labkit's own bfloat16 CPU kernels (engine/cpu_kernels.py) against the torch ops they replace."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labkit.engine import cpu_kernels
+
+pytestmark = [pytest.mark.unit,
+              pytest.mark.skipif(cpu_kernels.unavailable_reason() is not None,
+                                 reason=f"no labkit CPU kernels here: {cpu_kernels.unavailable_reason()}")]
+
+
+def bf16(*shape, seed=0, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=generator) * scale).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("rows, cols", [(960, 576), (49, 1536), (7, 100), (1, 31)])
+def test_gemv_is_as_close_to_the_exact_product_as_torch_is(rows, cols):
+    weight, x, bias = bf16(rows, cols, seed=1, scale=0.05), bf16(1, cols, seed=2), bf16(rows, seed=3)
+    exact = x.double() @ weight.double().T + bias.double()
+    ours, theirs = cpu_kernels.gemv(x, weight, bias), F.linear(x, weight, bias)
+    assert ours.shape == theirs.shape == (1, rows) and ours.dtype == torch.bfloat16
+    ulp = exact.abs().clamp_min(1e-3) * 2 ** -7  # one bfloat16 step at each value
+    assert ((ours.double() - exact).abs() <= ulp).all(), "more than one rounding away from the exact product"
+    assert (ours != theirs).float().mean() < 0.05, "only last-bit differences from F.linear, and few"
+
+
+def test_gemv_adds_the_residual_after_rounding_the_product_like_two_torch_ops():
+    weight, x, residual = bf16(64, 64, seed=4, scale=0.1), bf16(1, 64, seed=5), bf16(1, 64, seed=6)
+    product = cpu_kernels.gemv(x, weight)
+    assert torch.equal(cpu_kernels.gemv(x, weight, residual=residual), residual + product)
+
+
+@pytest.mark.parametrize("rows", [1, 40])
+def test_rms_norm_matches_transformers_llama_norm(rows):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(576, eps=1e-5).to(torch.bfloat16)
+    norm.weight.data = bf16(576, seed=7, scale=0.3) + 1
+    x = bf16(rows, 576, seed=8, scale=3)
+    with torch.inference_mode():
+        expected = norm(x)
+    ours = cpu_kernels.rms_norm(x, norm.weight, norm.variance_epsilon)
+    assert (ours != expected).float().mean() < 0.01 and (ours.float() - expected.float()).abs().max() <= 0.02 * expected.abs().max()
+
+
+@pytest.mark.parametrize("tokens", [1, 20])
+def test_rotary_of_a_slice_of_a_wider_row_matches_transformers(tokens):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    heads, kv_heads, dim = 9, 3, 64
+    qkv = bf16(tokens, (heads + 2 * kv_heads) * dim, seed=10)
+    angles = torch.arange(tokens).unsqueeze(1) * torch.linspace(0.01, 1, dim // 2)
+    cos, sin = (torch.cat((f(angles), f(angles)), dim=-1).to(torch.bfloat16) for f in (torch.cos, torch.sin))
+    q = qkv[:, :heads * dim].view(tokens, heads, dim).transpose(0, 1).unsqueeze(0)
+    k = qkv[:, heads * dim:(heads + kv_heads) * dim].view(tokens, kv_heads, dim).transpose(0, 1).unsqueeze(0)
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos.unsqueeze(0), sin.unsqueeze(0))
+    ours = cpu_kernels.rotary(qkv, heads + kv_heads, dim, cos, sin)  # q and k heads together, from the slice
+    assert torch.equal(ours[:, :heads], expected_q[0].transpose(0, 1))
+    assert torch.equal(ours[:, heads:], expected_k[0].transpose(0, 1))
+
+
+def test_the_engine_steps_one_token_through_the_kernels_and_says_what_torch_ops_say(default_llm_bf16, monkeypatch):
+    from labkit import LLM, SamplingParams
+
+    prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
+    greedy = SamplingParams(temperature=0, max_tokens=12)
+    calls = []
+    gemv = cpu_kernels.gemv
+    monkeypatch.setattr(cpu_kernels, "gemv", lambda *args: calls.append(1) or gemv(*args))
+    replies = {}
+    for kernels in (True, False):
+        with LLM(default_llm_bf16, cpu_kernels=kernels) as llm:
+            assert llm.engine.runner.lean.kernels is kernels
+            before = len(calls)
+            replies[kernels] = [llm.generate(p, greedy)[0].token_ids for p in prompts]  # alone: one-token steps
+            assert (len(calls) > before) is kernels
+    # bfloat16 sums in another order may tip a near tie late in a reply; the start of each must agree.
+    assert [r[:8] for r in replies[True]] == [r[:8] for r in replies[False]]
