@@ -55,14 +55,15 @@ class Projection:
 
     float32 keeps the layers apart (a concatenated weight may round differently, and float32 is where
     results are compared bit for bit with transformers); other dtypes concatenate the weights once (a copy),
-    and bfloat16 on a CPU reorders that copy once for oneDNN. With `gemv`, a one-token input multiplies the
-    plain bfloat16 weight through `cpu_kernels.gemv` (which then keeps the concatenated copy beside the packed one).
+    and bfloat16 on a CPU reorders that copy once for oneDNN. With `kernels`, a step of a few tokens multiplies
+    the plain bfloat16 weight through `cpu_kernels.linear` (which then keeps the concatenated copy beside the
+    packed one).
     """
 
-    def __init__(self, linears, pack: bool, batch_hint: int, gemv: bool = False):
+    def __init__(self, linears, pack: bool, batch_hint: int, kernels: bool = False):
         self.linears = list(linears)
         self.packed = None
-        self.gemv = False
+        self.kernels = False
         weights = [lin.weight.detach() for lin in self.linears]
         biases = [lin.bias.detach() if lin.bias is not None else None for lin in self.linears]
         self.fused = weights[0].dtype != torch.float32 or len(weights) == 1
@@ -74,18 +75,18 @@ class Projection:
         else:
             self.bias = None
         on_cpu_bf16 = self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu"
-        self.gemv = gemv and on_cpu_bf16 and self.weight.is_contiguous()
+        self.kernels = kernels and on_cpu_bf16 and self.weight.is_contiguous()
         if pack and on_cpu_bf16 and packing_available():
             packed = pack_weight(self.weight, batch_hint)
             if packs_identically(self.weight, packed, self.bias):  # else this oneDNN build rounds differently
                 self.packed = packed
-                if len(weights) > 1 and not self.gemv:
+                if len(weights) > 1 and not self.kernels:
                     self.weight = None  # the concatenated copy is not needed beside its packed one
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x @ weight.T + bias, plus `residual` when given (the product rounded to the dtype first)."""
-        if self.gemv and x.shape[0] == 1:
-            return cpu_kernels.gemv(x, self.weight, self.bias, residual)
+        if self.kernels and x.shape[0] <= cpu_kernels.MAX_ROWS:
+            return cpu_kernels.linear(x, self.weight, self.bias, residual)
         if self.packed is not None:
             out = packed_matmul(x, self.packed, self.bias)
         elif self.fused:
@@ -96,12 +97,12 @@ class Projection:
 
 
 class _Layer:
-    def __init__(self, layer, pack: bool, batch_hint: int, gemv: bool):
+    def __init__(self, layer, pack: bool, batch_hint: int, kernels: bool):
         attention, mlp = layer.self_attn, layer.mlp
-        self.qkv = Projection((attention.q_proj, attention.k_proj, attention.v_proj), pack, batch_hint, gemv)
-        self.o = Projection((attention.o_proj,), pack, batch_hint, gemv)
-        self.gate_up = Projection((mlp.gate_proj, mlp.up_proj), pack, batch_hint, gemv)
-        self.down = Projection((mlp.down_proj,), pack, batch_hint, gemv)
+        self.qkv = Projection((attention.q_proj, attention.k_proj, attention.v_proj), pack, batch_hint, kernels)
+        self.o = Projection((attention.o_proj,), pack, batch_hint, kernels)
+        self.gate_up = Projection((mlp.gate_proj, mlp.up_proj), pack, batch_hint, kernels)
+        self.down = Projection((mlp.down_proj,), pack, batch_hint, kernels)
         self.input_norm = layer.input_layernorm
         self.post_norm = layer.post_attention_layernorm
         self.scaling = attention.scaling
@@ -161,7 +162,7 @@ class LlamaForward:
 
     def _forward_with_kernels(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """The same layers through `cpu_kernels`: a norm and the rotary embeddings are one call each instead of
-        five to ten torch ops, and one-token steps fold the residual additions into the matrix-vector products
+        five to ten torch ops, and steps of a few tokens fold the residual additions into the matrix products
         (torch's own SiLU, vectorised, stays: a plain C loop over expf was slower)."""
         tokens = input_ids.shape[0]
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim

@@ -17,21 +17,23 @@ def bf16(*shape, seed=0, scale=1.0):
     return (torch.randn(*shape, generator=generator) * scale).to(torch.bfloat16)
 
 
+@pytest.mark.parametrize("tokens", [1, 3, cpu_kernels.MAX_ROWS])
 @pytest.mark.parametrize("rows, cols", [(960, 576), (49, 1536), (7, 100), (1, 31)])
-def test_gemv_is_as_close_to_the_exact_product_as_torch_is(rows, cols):
-    weight, x, bias = bf16(rows, cols, seed=1, scale=0.05), bf16(1, cols, seed=2), bf16(rows, seed=3)
+def test_linear_is_as_close_to_the_exact_product_as_torch_is(tokens, rows, cols):
+    weight, x, bias = bf16(rows, cols, seed=1, scale=0.05), bf16(tokens, cols, seed=2), bf16(rows, seed=3)
     exact = x.double() @ weight.double().T + bias.double()
-    ours, theirs = cpu_kernels.gemv(x, weight, bias), F.linear(x, weight, bias)
-    assert ours.shape == theirs.shape == (1, rows) and ours.dtype == torch.bfloat16
+    ours, theirs = cpu_kernels.linear(x, weight, bias), F.linear(x, weight, bias)
+    assert ours.shape == theirs.shape == (tokens, rows) and ours.dtype == torch.bfloat16
     ulp = exact.abs().clamp_min(1e-3) * 2 ** -7  # one bfloat16 step at each value
     assert ((ours.double() - exact).abs() <= ulp).all(), "more than one rounding away from the exact product"
     assert (ours != theirs).float().mean() < 0.05, "only last-bit differences from F.linear, and few"
 
 
-def test_gemv_adds_the_residual_after_rounding_the_product_like_two_torch_ops():
-    weight, x, residual = bf16(64, 64, seed=4, scale=0.1), bf16(1, 64, seed=5), bf16(1, 64, seed=6)
-    product = cpu_kernels.gemv(x, weight)
-    assert torch.equal(cpu_kernels.gemv(x, weight, residual=residual), residual + product)
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_linear_adds_the_residual_after_rounding_the_product_like_two_torch_ops(tokens):
+    weight, x, residual = bf16(64, 64, seed=4, scale=0.1), bf16(tokens, 64, seed=5), bf16(tokens, 64, seed=6)
+    product = cpu_kernels.linear(x, weight)
+    assert torch.equal(cpu_kernels.linear(x, weight, residual=residual), residual + product)
 
 
 @pytest.mark.parametrize("rows", [1, 40])
@@ -69,8 +71,8 @@ def test_the_engine_steps_one_token_through_the_kernels_and_says_what_torch_ops_
     prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
     greedy = SamplingParams(temperature=0, max_tokens=12)
     calls = []
-    gemv = cpu_kernels.gemv
-    monkeypatch.setattr(cpu_kernels, "gemv", lambda *args: calls.append(1) or gemv(*args))
+    linear = cpu_kernels.linear
+    monkeypatch.setattr(cpu_kernels, "linear", lambda *args: calls.append(1) or linear(*args))
     replies = {}
     for kernels in (True, False):
         with LLM(default_llm_bf16, cpu_kernels=kernels) as llm:
