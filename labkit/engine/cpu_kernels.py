@@ -213,6 +213,21 @@ def compile_seconds() -> float:
     return _library()[2]
 
 
+def _shown_in_profiles(kernel):
+    """torch's profiler sees only torch ops; a kernel called through ctypes is recorded as `labkit::<name>` while a
+    profiler runs (so a profile of a step still counts its matmuls), at no cost otherwise."""
+    label = f"labkit::{kernel.__name__}"
+
+    @functools.wraps(kernel)
+    def call(*args, **kwargs):
+        if not torch.autograd._profiler_enabled():
+            return kernel(*args, **kwargs)
+        with torch.profiler.record_function(label):
+            return kernel(*args, **kwargs)
+    return call
+
+
+@_shown_in_profiles
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            residual: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` (+ `residual`) for at most `MAX_ROWS` bfloat16 rows `x` [rows, cols]; weight
@@ -231,6 +246,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out
 
 
+@_shown_in_profiles
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' LlamaRMSNorm over the rows of bfloat16 `x` [rows, cols], in one call."""
     x = x.contiguous()
@@ -239,6 +255,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return out
 
 
+@_shown_in_profiles
 def rotary(x: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embeddings of the first `heads` heads of each row of `x` [tokens, >= heads * head_dim] (a slice of
     a wider row is fine), with cos and sin [tokens, head_dim]: a new [tokens, heads, head_dim] tensor."""

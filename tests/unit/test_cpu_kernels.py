@@ -82,3 +82,14 @@ def test_the_engine_steps_one_token_through_the_kernels_and_says_what_torch_ops_
             assert (len(calls) > before) is kernels
     # bfloat16 sums in another order may tip a near tie late in a reply; the start of each must agree.
     assert [r[:8] for r in replies[True]] == [r[:8] for r in replies[False]]
+
+
+def test_a_torch_profile_of_a_step_shows_the_kernels_by_name():
+    from torch.profiler import ProfilerActivity, profile
+
+    weight, x = bf16(64, 64, seed=11), bf16(2, 64, seed=12)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        cpu_kernels.linear(x, weight)
+        cpu_kernels.rms_norm(x, weight[0], 1e-5)
+    names = {event.key for event in prof.key_averages()}
+    assert {"labkit::linear", "labkit::rms_norm"} <= names, names
