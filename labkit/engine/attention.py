@@ -9,6 +9,8 @@ pages (one row copy per token) and attends per request:
   into a batch padded to the longest, and a mask hides the padding and the unfilled end of the last page. The
   work is proportional to the pages each request holds; a page shared through the prefix cache is simply
   gathered for each request that reads it, and is never written.
+  With labkit's CPU kernels (bf16 lean forward, engine/cpu_kernels.py) decodes instead read each request's
+  pages in place, through its block table, in one call per layer: no gathered copy and no mask.
 * prefill chunks attend with SDPA: a prompt's first chunk over its own fresh keys (causal), a later chunk
   (a long prompt, or one whose start came from the prefix cache) over its pages gathered from the cache.
 
@@ -25,6 +27,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from ..errors import UnsupportedModel
+from . import cpu_kernels
 from .kv_cache import KVShape, PagedKVCache
 
 ATTENTION_NAME = "labkit_paged"
@@ -47,6 +50,8 @@ class AttentionBatch:
     num_decode: int  # the row starts with this many single-token decodes, one per request
     decode_pages: torch.Tensor | None = None  # [decodes * most pages] each decode's pages, padded with page 0
     decode_mask: torch.Tensor | None = None  # [decodes, 1, 1, most pages * page_size] 0 on a token, -inf elsewhere
+    decode_table: torch.Tensor | None = None  # [decodes, most pages] for labkit's CPU kernel, instead of the two above
+    decode_lengths: torch.Tensor | None = None  # [decodes] tokens each decode attends to (its new one included)
     prefills: tuple[PrefillChunk, ...] = ()
 
 
@@ -60,6 +65,7 @@ class PagedAttention:
         self.groups = num_heads // self.num_kv_heads
         self.layer_of: dict[int, int] = {}  # id(attention module) -> layer index, in call order
         self.batch: AttentionBatch | None = None
+        self.kernels = False  # decodes attend through cpu_kernels.decode_attention (set by the model runner)
 
     def attend(self, module, query, key, value, scaling: float | None) -> torch.Tensor:
         """transformers' layout in and out: query [1, heads, tokens, d], key/value [1, kv_heads, tokens, d]."""
@@ -86,6 +92,9 @@ class PagedAttention:
 
     def _decode(self, q, keys, values, scale: float) -> torch.Tensor:
         batch = self.batch
+        if self.kernels:  # reads each request's pages in place: no gathered copy, no mask
+            return cpu_kernels.decode_attention(q.transpose(0, 1), keys, values, batch.decode_table,
+                                                batch.decode_lengths, scale)
         n = batch.num_decode
         k = self._gather(keys, batch.decode_pages, n)  # [n, kv_heads, context, d]
         v = self._gather(values, batch.decode_pages, n)

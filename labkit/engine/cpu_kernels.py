@@ -9,7 +9,8 @@ multiplied and summed into float32), prefetching ahead, split over the OpenMP th
 libgomp, so torch's thread count and the engine's thread governor apply to it too): about 1.5x oneDNN for one
 token, still ahead up to `MAX_ROWS` tokens (each weight block is read once and reused from L1 for every
 token), and it adds the residual in the same pass. `rms_norm` and `rotary` do in one call what transformers
-does in five to ten ops, with the same roundings.
+does in five to ten ops, with the same roundings, and `decode_attention` reads each decoding request's KV
+pages in place (about 2x SDPA over a gathered copy, and as close to the exact result).
 
 Results are float32 sums rounded once to bfloat16, like torch's, but summed in another order, so a value can
 differ in its last bit. The source is C compiled by the system's `gcc` into `~/.cache/labkit/kernels/` (a
@@ -35,6 +36,7 @@ SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <stdlib.h>
 
 static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch does */
     uint32_t u; memcpy(&u, &f, 4);
@@ -110,6 +112,68 @@ void gemm_few_bf16(const uint16_t* weight, const uint16_t* x, const uint16_t* bi
                     out[at] = to_bf16(value);
                 }
         }
+    }
+}
+
+static inline __m512 load16_bf16(const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+/* Decode attention straight from the paged cache: request i's one query [heads, dim] (row stride q_stride)
+   attends to its first lengths[i] cached tokens, found through pages[i * max_pages + p]; caches are
+   [pages, page_size, kv_heads, dim]. Softmax in float32, the output rounded once to bf16. dim % 16 == 0. */
+void decode_attention_bf16(const uint16_t* q, int q_stride, const uint16_t* keys, const uint16_t* values,
+                           const int64_t* pages, int max_pages, const int64_t* lengths, uint16_t* out,
+                           int requests, int heads, int kv_heads, int dim, int page_size, float scale) {
+    const int group = heads / kv_heads, vectors = dim / 16;
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int task = 0; task < requests * kv_heads; task++) {
+        const int i = task / kv_heads, g = task % kv_heads;
+        const int length = (int)lengths[i];
+        float* scores = (float*)malloc(sizeof(float) * (size_t)length * group);
+        __m512 query[8][8];  /* group <= 8, dim <= 128 */
+        for (int h = 0; h < group; h++)
+            for (int v = 0; v < vectors; v++) query[h][v] = load16_bf16(q + (size_t)i * q_stride + (g * group + h) * dim + v * 16);
+        float best[8];
+        for (int h = 0; h < group; h++) best[h] = -INFINITY;
+        for (int t = 0; t < length; t++) {
+            const uint16_t* k = keys + (((size_t)pages[(size_t)i * max_pages + t / page_size] * page_size + t % page_size) * kv_heads + g) * dim;
+            __m512 kv[8];
+            for (int v = 0; v < vectors; v++) kv[v] = load16_bf16(k + v * 16);
+            for (int h = 0; h < group; h++) {
+                __m512 acc = _mm512_mul_ps(query[h][0], kv[0]);
+                for (int v = 1; v < vectors; v++) acc = _mm512_fmadd_ps(query[h][v], kv[v], acc);
+                const float score = _mm512_reduce_add_ps(acc) * scale;
+                scores[(size_t)h * length + t] = score;
+                if (score > best[h]) best[h] = score;
+            }
+        }
+        __m512 total[8][8];
+        float norm[8];
+        for (int h = 0; h < group; h++) {
+            norm[h] = 0;
+            for (int v = 0; v < vectors; v++) total[h][v] = _mm512_setzero_ps();
+        }
+        for (int t = 0; t < length; t++) {
+            const uint16_t* vrow = values + (((size_t)pages[(size_t)i * max_pages + t / page_size] * page_size + t % page_size) * kv_heads + g) * dim;
+            __m512 vv[8];
+            for (int v = 0; v < vectors; v++) vv[v] = load16_bf16(vrow + v * 16);
+            for (int h = 0; h < group; h++) {
+                const float weight = expf(scores[(size_t)h * length + t] - best[h]);
+                norm[h] += weight;
+                const __m512 w = _mm512_set1_ps(weight);
+                for (int v = 0; v < vectors; v++) total[h][v] = _mm512_fmadd_ps(w, vv[v], total[h][v]);
+            }
+        }
+        for (int h = 0; h < group; h++) {
+            float buffer[16];
+            uint16_t* o = out + ((size_t)i * heads + g * group + h) * dim;
+            for (int v = 0; v < vectors; v++) {
+                _mm512_storeu_ps(buffer, _mm512_mul_ps(total[h][v], _mm512_set1_ps(1.0f / norm[h])));
+                for (int e = 0; e < 16; e++) o[v * 16 + e] = to_bf16(buffer[e]);
+            }
+        }
+        free(scores);
     }
 }
 
@@ -195,6 +259,8 @@ def _library() -> tuple[ctypes.CDLL | None, str | None, float]:
     pointer, number = ctypes.c_void_p, ctypes.c_int
     signatures = {"gemv_bf16": [pointer] * 5 + [number] * 2,
                   "gemm_few_bf16": [pointer] * 5 + [number] * 3,
+                  "decode_attention_bf16": [pointer, number, pointer, pointer, pointer, number, pointer, pointer,
+                                            number, number, number, number, number, ctypes.c_float],
                   "rms_norm_bf16": [pointer, pointer, ctypes.c_float, pointer, number, number],
                   "rotary_bf16": [pointer, number, pointer, pointer, pointer, number, number, number]}
     for name, arguments in signatures.items():
@@ -263,4 +329,23 @@ def rotary(x: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: t
     out = x.new_empty((x.shape[0], heads, head_dim))
     _library()[0].rotary_bf16(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
                               x.shape[0], heads, head_dim)
+    return out
+
+
+DECODE_ATTENTION_LIMITS = (8, 128)  # most query heads per KV head, largest head size: the kernel's registers
+
+
+@_shown_in_profiles
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pages: torch.Tensor,
+                     lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """Each request's one query q [requests, heads, dim] (rows may be strided) over its first `lengths[i]` cached
+    tokens, found through `pages` [requests, max pages] in the caches [pages, page_size, kv_heads, dim], read in
+    place: no gathered copy, no mask. Returns [requests, heads, dim]."""
+    requests, heads, dim = q.shape
+    assert q.stride(2) == 1 and q.stride(1) == dim and keys.is_contiguous() and values.is_contiguous()
+    pages, lengths = pages.contiguous(), lengths.contiguous()
+    out = q.new_empty((requests, heads, dim))
+    _library()[0].decode_attention_bf16(q.data_ptr(), q.stride(0), keys.data_ptr(), values.data_ptr(),
+                                        pages.data_ptr(), pages.shape[1], lengths.data_ptr(), out.data_ptr(),
+                                        requests, heads, keys.shape[2], dim, keys.shape[1], scale)
     return out

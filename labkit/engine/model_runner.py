@@ -14,6 +14,7 @@ import torch
 from ..config import EngineConfig
 from . import attention
 from .attention import AttentionBatch, PagedAttention, PrefillChunk
+from . import cpu_kernels
 from .kv_cache import KVShape, PagedKVCache
 from .llama_forward import LlamaForward, unsupported_reason
 from .packed_linear import check_identical, prepack_linears, unpack_linears
@@ -57,6 +58,9 @@ class ModelRunner:
         self.generic_reason = unsupported_reason(model) if config.lean_forward else "lean_forward=False"
         self.lean = None if self.generic_reason else LlamaForward(model, self.attention, config.prepack_weights,
                                                                    config.max_num_seqs, config.cpu_kernels)
+        most_group, largest_head = cpu_kernels.DECODE_ATTENTION_LIMITS
+        self.attention.kernels = (self.lean is not None and self.lean.kernels and shape.head_dim % 16 == 0
+                                  and shape.head_dim <= largest_head and self.attention.groups <= most_group)
         self.packed_linears = []
         if self.lean is None and config.prepack_weights:
             self.packed_linears = prepack_linears(model, config.max_num_seqs)
@@ -179,6 +183,9 @@ class ModelRunner:
         contexts = torch.tensor([d.start + 1 for d in decodes])  # the cached tokens and the new one
         most = -(-int(contexts.max()) // self.page_size)
         rows = self.input_batch.rows(d.request_id for d in decodes)
+        if self.attention.kernels:  # on the CPU: no upload, no mask
+            batch.decode_table, batch.decode_lengths = self.input_batch.block_table[rows, :most], contexts
+            return
         batch.decode_pages = self._upload(self.input_batch.block_table[rows, :most].reshape(-1))
         hidden = torch.arange(most * self.page_size).unsqueeze(0) >= contexts.unsqueeze(1)
         mask = torch.zeros(hidden.shape, dtype=self.kv_shape.dtype).masked_fill_(hidden, float("-inf"))

@@ -76,7 +76,7 @@ def test_the_engine_steps_one_token_through_the_kernels_and_says_what_torch_ops_
     replies = {}
     for kernels in (True, False):
         with LLM(default_llm_bf16, cpu_kernels=kernels) as llm:
-            assert llm.engine.runner.lean.kernels is kernels
+            assert llm.engine.runner.lean.kernels is kernels and llm.engine.runner.attention.kernels is kernels
             before = len(calls)
             replies[kernels] = [llm.generate(p, greedy)[0].token_ids for p in prompts]  # alone: one-token steps
             assert (len(calls) > before) is kernels
@@ -93,3 +93,26 @@ def test_a_torch_profile_of_a_step_shows_the_kernels_by_name():
         cpu_kernels.rms_norm(x, weight[0], 1e-5)
     names = {event.key for event in prof.key_averages()}
     assert {"labkit::linear", "labkit::rms_norm"} <= names, names
+
+
+@pytest.mark.parametrize("lengths", [[37], [5, 64, 100, 17], [1, 16, 17, 130, 2, 48]])
+def test_decode_attention_reads_the_pages_in_place_as_closely_as_sdpa_over_a_gathered_copy(lengths):
+    pages_in_pool, page_size, kv_heads, dim, heads = 40, 16, 3, 64, 9
+    keys, values = bf16(pages_in_pool, page_size, kv_heads, dim, seed=13), bf16(pages_in_pool, page_size, kv_heads, dim, seed=14)
+    n, most = len(lengths), -(-max(lengths) // page_size)
+    generator = torch.Generator().manual_seed(15)
+    table = torch.stack([torch.randperm(pages_in_pool, generator=generator)[:most] for _ in range(n)])  # padded rows
+    q = bf16(n, heads + kv_heads, dim, seed=16)[:, :heads]  # strided rows, as the forward hands them over
+    ours = cpu_kernels.decode_attention(q, keys, values, table, torch.tensor(lengths), dim ** -0.5)
+
+    def gathered(pool):
+        return pool.index_select(0, table.reshape(-1)).view(n, -1, kv_heads, dim).transpose(1, 2)
+
+    hidden = torch.arange(most * page_size).unsqueeze(0) >= torch.tensor(lengths).unsqueeze(1)
+    mask = torch.zeros(hidden.shape).masked_fill_(hidden, float("-inf")).view(n, 1, 1, -1)
+    exact = F.scaled_dot_product_attention(q.unsqueeze(2).double(), gathered(keys).double(), gathered(values).double(),
+                                           attn_mask=mask.double(), scale=dim ** -0.5, enable_gqa=True).squeeze(2)
+    sdpa = F.scaled_dot_product_attention(q.unsqueeze(2), gathered(keys), gathered(values),
+                                          attn_mask=mask.to(torch.bfloat16), scale=dim ** -0.5, enable_gqa=True).squeeze(2)
+    assert ours.shape == (n, heads, dim)
+    assert (ours.double() - exact).abs().max() <= (sdpa.double() - exact).abs().max() * 1.01
