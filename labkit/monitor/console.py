@@ -52,7 +52,8 @@ def format_snapshot(s: Snapshot) -> str:
     lines.append(f"in all       {s.requests_total:,} requests, {s.tokens_total:,} tokens")
     if any("(max)" in cell for row in rows for cell in row):
         lines.append("note         (max): too few values in the window for that percentile (p95 needs 20, p99 100), "
-                     "so it is the slowest one")
+                     "so it shows the slowest request (from /metrics: estimated within that request's histogram bucket, "
+                     "so two such cells can differ)")
     for note in s.notes:
         lines.append(f"note         {note}")
     return "\n".join(lines)
