@@ -236,7 +236,9 @@ def _library() -> tuple[ctypes.CDLL | None, str | None, float]:
     compiler = shutil.which(os.environ.get("CC", "gcc"))
     if compiler is None:
         return None, "no C compiler (gcc) on PATH", 0.0
-    digest = hashlib.sha256((SOURCE + " ".join(FLAGS) + compiler).encode()).hexdigest()[:16]
+    # -march=native: a library built on one CPU may not run on another that shares this cache (a network home).
+    machine = " ".join(sorted(_cpu_flags()))
+    digest = hashlib.sha256((SOURCE + " ".join(FLAGS) + compiler + machine).encode()).hexdigest()[:16]
     target = _cache_dir() / f"bf16-{digest}.so"
     started = time.perf_counter()
     if not target.exists():
