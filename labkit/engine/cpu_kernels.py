@@ -26,7 +26,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -45,6 +44,13 @@ static inline uint16_t to_bf16(float f) {  /* round to nearest even, as torch do
     return (uint16_t)(u >> 16);
 }
 static inline float from_bf16(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
+
+/* A matmul's output element: its float32 sum, plus the bias, rounded; then plus the residual, rounded again. */
+static inline uint16_t finish(float sum, const uint16_t* bias, int column, const uint16_t* residual, size_t at) {
+    if (bias) sum += from_bf16(bias[column]);
+    if (residual) sum = from_bf16(to_bf16(sum)) + from_bf16(residual[at]);
+    return to_bf16(sum);
+}
 
 /* out[n] = sum_k weight[n, k] * x[k] (+ bias[n]) (+ residual[n]); weight row-major [rows, cols], all bf16. */
 void gemv_bf16(const uint16_t* weight, const uint16_t* x, const uint16_t* bias, const uint16_t* residual,
@@ -69,12 +75,8 @@ void gemv_bf16(const uint16_t* weight, const uint16_t* x, const uint16_t* bias, 
             for (int r = 0; r < count; r++)
                 sum[r] = _mm512_dpbf16_ps(sum[r], (__m512bh)_mm512_maskz_loadu_epi16(tail, w + (size_t)r * cols + full), xv);
         }
-        for (int r = 0; r < count; r++) {
-            float value = _mm512_reduce_add_ps(sum[r]);
-            if (bias) value += from_bf16(bias[first + r]);
-            if (residual) value = from_bf16(to_bf16(value)) + from_bf16(residual[first + r]);
-            out[first + r] = to_bf16(value);
-        }
+        for (int r = 0; r < count; r++)
+            out[first + r] = finish(_mm512_reduce_add_ps(sum[r]), bias, first + r, residual, first + r);
     }
 }
 
@@ -105,11 +107,8 @@ void gemm_few_bf16(const uint16_t* weight, const uint16_t* x, const uint16_t* bi
             }
             for (int m = 0; m < ms; m++)
                 for (int r = 0; r < count; r++) {
-                    float value = _mm512_reduce_add_ps(sum[r][m]);
-                    if (bias) value += from_bf16(bias[first + r]);
                     const size_t at = (size_t)(m0 + m) * rows + first + r;
-                    if (residual) value = from_bf16(to_bf16(value)) + from_bf16(residual[at]);
-                    out[at] = to_bf16(value);
+                    out[at] = finish(_mm512_reduce_add_ps(sum[r][m]), bias, first + r, residual, at);
                 }
         }
     }
@@ -229,18 +228,17 @@ def _cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _library() -> tuple[ctypes.CDLL | None, str | None, float]:
-    """(the loaded library, why not, seconds spent compiling): compiled once per process at most."""
-    if "avx512_bf16" not in _cpu_flags():
-        return None, "this CPU lacks AVX512-BF16", 0.0
+def _library() -> tuple[ctypes.CDLL | None, str | None]:
+    """(the loaded library, or why not): compiled once per process at most."""
+    flags = _cpu_flags()
+    if "avx512_bf16" not in flags:
+        return None, "this CPU lacks AVX512-BF16"
     compiler = shutil.which(os.environ.get("CC", "gcc"))
     if compiler is None:
-        return None, "no C compiler (gcc) on PATH", 0.0
+        return None, "no C compiler (gcc) on PATH"
     # -march=native: a library built on one CPU may not run on another that shares this cache (a network home).
-    machine = " ".join(sorted(_cpu_flags()))
-    digest = hashlib.sha256((SOURCE + " ".join(FLAGS) + compiler + machine).encode()).hexdigest()[:16]
+    digest = hashlib.sha256((SOURCE + " ".join(FLAGS) + compiler + " ".join(sorted(flags))).encode()).hexdigest()[:16]
     target = _cache_dir() / f"bf16-{digest}.so"
-    started = time.perf_counter()
     if not target.exists():
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -252,12 +250,11 @@ def _library() -> tuple[ctypes.CDLL | None, str | None, float]:
                 os.replace(built, target)  # atomic: a concurrent process sees the whole library or none
         except (OSError, subprocess.SubprocessError) as failure:
             detail = getattr(failure, "stderr", "") or str(failure)
-            return None, f"compiling the kernel failed: {detail.strip().splitlines()[-1] if detail.strip() else failure}", 0.0
-    compile_s = time.perf_counter() - started
+            return None, f"compiling the kernel failed: {detail.strip().splitlines()[-1] if detail.strip() else failure}"
     try:
         library = ctypes.CDLL(str(target))
     except OSError as failure:
-        return None, f"loading the kernel failed: {failure}", compile_s
+        return None, f"loading the kernel failed: {failure}"
     pointer, number = ctypes.c_void_p, ctypes.c_int
     signatures = {"gemv_bf16": [pointer] * 5 + [number] * 2,
                   "gemm_few_bf16": [pointer] * 5 + [number] * 3,
@@ -268,17 +265,12 @@ def _library() -> tuple[ctypes.CDLL | None, str | None, float]:
     for name, arguments in signatures.items():
         getattr(library, name).argtypes = arguments
         getattr(library, name).restype = None
-    return library, None, compile_s
+    return library, None
 
 
 def unavailable_reason() -> str | None:
-    """None when the kernel runs here; else why the engine keeps oneDNN for one-token steps."""
+    """None when the kernels run here; else why the engine keeps torch's ops."""
     return _library()[1]
-
-
-def compile_seconds() -> float:
-    """Seconds this process spent compiling the kernel (0 when it came from the cache)."""
-    return _library()[2]
 
 
 def _shown_in_profiles(kernel):
@@ -326,7 +318,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 @_shown_in_profiles
 def rotary(x: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embeddings of the first `heads` heads of each row of `x` [tokens, >= heads * head_dim] (a slice of
-    a wider row is fine), with cos and sin [tokens, head_dim]: a new [tokens, heads, head_dim] tensor."""
+    a wider row is fine), with cos and sin contiguous [tokens, head_dim] (or [tokens, 1, head_dim]): a new
+    [tokens, heads, head_dim] tensor."""
     assert x.stride(1) == 1 and cos.is_contiguous() and sin.is_contiguous()
     out = x.new_empty((x.shape[0], heads, head_dim))
     _library()[0].rotary_bf16(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
@@ -334,7 +327,10 @@ def rotary(x: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: t
     return out
 
 
-DECODE_ATTENTION_LIMITS = (8, 128)  # most query heads per KV head, largest head size: the kernel's registers
+def decode_attention_fits(head_dim: int, query_heads_per_kv_head: int) -> bool:
+    """Whether `decode_attention` takes a model of these shapes: its registers hold at most 8 query heads per KV
+    head and 128 dimensions per head, in whole 16-float vectors."""
+    return head_dim % 16 == 0 and head_dim <= 128 and query_heads_per_kv_head <= 8
 
 
 @_shown_in_profiles

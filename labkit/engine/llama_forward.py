@@ -141,42 +141,30 @@ class LlamaForward:
         return x * cos + torch.cat((-second, first), dim=-1) * sin
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        if self.kernels:
-            return self._forward_with_kernels(input_ids, positions, keep)
         tokens = input_ids.shape[0]
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         h = self.embed(input_ids)  # [tokens, hidden]
         cos, sin = self.rotary(h, positions.unsqueeze(0))
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [tokens, 1, head_dim]
         for index, layer in enumerate(self.layers):
-            qkv = layer.qkv(_rms_norm(h, layer.input_norm))
-            qk, v = qkv.split(self.split, dim=-1)
-            qk = self._rotate(qk.view(tokens, heads + kv_heads, head_dim), cos, sin)
-            q, k = qk.split((heads, kv_heads), dim=1)
-            out = self.attention.attend_layer(index, q.transpose(0, 1), k, v.view(tokens, kv_heads, head_dim),
-                                              layer.scaling)  # [tokens, heads, head_dim]
-            h = h + layer.o(out.reshape(tokens, heads * head_dim))
-            gate, up = layer.gate_up(_rms_norm(h, layer.post_norm)).chunk(2, dim=-1)
-            h = h + layer.down(F.silu(gate) * up)
-        return self.lm_head(_rms_norm(h.index_select(0, keep), self.final_norm))
-
-    def _forward_with_kernels(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """The same layers through `cpu_kernels`: a norm and the rotary embeddings are one call each instead of
-        five to ten torch ops, and steps of a few tokens fold the residual additions into the matrix products
-        (torch's own SiLU, vectorised, stays: a plain C loop over expf was slower)."""
-        tokens = input_ids.shape[0]
-        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
-        h = self.embed(input_ids)
-        cos, sin = (t[0] for t in self.rotary(h, positions.unsqueeze(0)))  # [tokens, head_dim]
-        for index, layer in enumerate(self.layers):
-            qkv = layer.qkv(cpu_kernels.rms_norm(h, layer.input_norm.weight, layer.input_norm.variance_epsilon))
-            qk = cpu_kernels.rotary(qkv, heads + kv_heads, head_dim, cos, sin)  # [tokens, heads + kv_heads, d]
+            qkv = layer.qkv(self._norm(h, layer.input_norm))
+            qk = self._rotate_qk(qkv, cos, sin)  # [tokens, heads + kv_heads, head_dim]
             v = qkv[:, self.split[0]:].view(tokens, kv_heads, head_dim)
             q, k = qk.split((heads, kv_heads), dim=1)
-            out = self.attention.attend_layer(index, q.transpose(0, 1), k, v, layer.scaling)
+            out = self.attention.attend_layer(index, q.transpose(0, 1), k, v, layer.scaling)  # [tokens, heads, head_dim]
             h = layer.o(out.reshape(tokens, heads * head_dim), residual=h)
-            gate_up = layer.gate_up(cpu_kernels.rms_norm(h, layer.post_norm.weight, layer.post_norm.variance_epsilon))
-            gate, up = gate_up.chunk(2, dim=-1)
+            gate, up = layer.gate_up(self._norm(h, layer.post_norm)).chunk(2, dim=-1)
             h = layer.down(F.silu(gate) * up, residual=h)
-        last = h.index_select(0, keep)
-        return self.lm_head(cpu_kernels.rms_norm(last, self.final_norm.weight, self.final_norm.variance_epsilon))
+        return self.lm_head(self._norm(h.index_select(0, keep), self.final_norm))
+
+    def _norm(self, x: torch.Tensor, norm) -> torch.Tensor:
+        """The RMS norm: one `cpu_kernels` call (with the same roundings) in place of five to ten torch ops."""
+        if self.kernels:
+            return cpu_kernels.rms_norm(x, norm.weight, norm.variance_epsilon)
+        return _rms_norm(x, norm)
+
+    def _rotate_qk(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The q and k heads of each token's q/k/v row, rotated: [tokens, heads + kv_heads, head_dim]."""
+        if self.kernels:  # reads the heads straight from the wider row
+            return cpu_kernels.rotary(qkv, self.num_heads + self.num_kv_heads, self.head_dim, cos, sin)
+        return self._rotate(qkv[:, :self.split[0]].view(qkv.shape[0], -1, self.head_dim), cos, sin)

@@ -58,9 +58,8 @@ class ModelRunner:
         self.generic_reason = unsupported_reason(model) if config.lean_forward else "lean_forward=False"
         self.lean = None if self.generic_reason else LlamaForward(model, self.attention, config.prepack_weights,
                                                                    config.max_num_seqs, config.cpu_kernels)
-        most_group, largest_head = cpu_kernels.DECODE_ATTENTION_LIMITS
-        self.attention.kernels = (self.lean is not None and self.lean.kernels and shape.head_dim % 16 == 0
-                                  and shape.head_dim <= largest_head and self.attention.groups <= most_group)
+        self.attention.kernels = (self.lean is not None and self.lean.kernels
+                                  and cpu_kernels.decode_attention_fits(shape.head_dim, self.attention.groups))
         self.packed_linears = []
         if self.lean is None and config.prepack_weights:
             self.packed_linears = prepack_linears(model, config.max_num_seqs)
