@@ -48,7 +48,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True  # requests sharing a prompt prefix share its KV pages (vLLM's name)
     cpu_threads: int | None = None  # on CPU: torch threads the engine steps with; None: the count where it is built
     lean_forward: bool = True  # Llama, Mistral, Qwen2: the engine's own forward (engine/llama_forward.py); False: transformers' modules
-    cpu_kernels: bool = True  # lean forward, bfloat16, AVX512-BF16 CPU: labkit's own kernels for matmuls of up to 8 tokens, norms, rotary and decode attention (engine/cpu_kernels.py)
+    cpu_kernels: bool = True  # lean forward, bfloat16, AVX512-BF16 CPU: labkit's own kernels for norms, rotary, decode attention and matmuls (every step with AMX, else steps of up to 8 tokens; engine/cpu_kernels.py)
 
     def __post_init__(self) -> None:
         if min(self.max_num_seqs, self.max_num_batched_tokens, self.page_size, self.step_log_size) < 1:

@@ -52,6 +52,20 @@ static inline uint16_t finish(float sum, const uint16_t* bias, int column, const
     return to_bf16(sum);
 }
 
+static inline __m512 widen16(const uint16_t* p, __mmask16 lanes) {  /* 16 bf16 -> 16 float */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, p)), 16));
+}
+static inline __m512 round16(__m512 v) {  /* to bf16 and back, nearest even (vcvtneps2bf16, as torch rounds) */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
+/* finish() for 16 outputs at once. */
+static inline void finish16(__m512 sum, const uint16_t* bias, const uint16_t* residual, uint16_t* out, __mmask16 lanes) {
+    if (bias) sum = _mm512_add_ps(sum, widen16(bias, lanes));
+    if (residual) sum = _mm512_add_ps(round16(sum), widen16(residual, lanes));
+    _mm256_mask_storeu_epi16(out, lanes, (__m256i)_mm512_cvtneps_pbh(sum));
+}
+
 /* out[n] = sum_k weight[n, k] * x[k] (+ bias[n]) (+ residual[n]); weight row-major [rows, cols], all bf16. */
 void gemv_bf16(const uint16_t* weight, const uint16_t* x, const uint16_t* bias, const uint16_t* residual,
                uint16_t* out, int rows, int cols) {
@@ -112,6 +126,89 @@ void gemm_few_bf16(const uint16_t* weight, const uint16_t* x, const uint16_t* bi
                 }
         }
     }
+}
+
+/* AMX (Sapphire Rapids and later): the tile unit multiplies a 16x32 block of x by a 32x16 block of the weight
+   in one instruction, so a step of up to a few dozen tokens costs what reading the weights costs. The weight is
+   reordered once (amx_pack_bf16) into 1 KB tiles: for each 16 outputs n and 32 inputs k, the pairs
+   (w[n][k + 2i], w[n][k + 2i + 1]) for i < 16, n < 16 -- the layout the instruction reads. */
+#include <sys/syscall.h>
+#include <unistd.h>
+typedef struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } tile_config;
+
+int amx_enable(void) {  /* Linux hands a process the tile registers only when asked (arch_prctl) */
+    return (int)syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */);
+}
+
+/* packed[nb][kb][i][n][2] = weight[nb * 16 + n][kb * 32 + 2i + {0, 1}], zero beyond rows x cols. */
+void amx_pack_bf16(const uint16_t* weight, uint16_t* packed, int rows, int cols) {
+    const int nblocks = (rows + 15) / 16, kblocks = (cols + 31) / 32;
+    #pragma omp parallel for schedule(static)
+    for (int nb = 0; nb < nblocks; nb++)
+        for (int kb = 0; kb < kblocks; kb++) {
+            uint16_t* tile = packed + ((size_t)nb * kblocks + kb) * 512;
+            for (int i = 0; i < 16; i++)
+                for (int n = 0; n < 16; n++)
+                    for (int j = 0; j < 2; j++) {
+                        const int row = nb * 16 + n, col = kb * 32 + 2 * i + j;
+                        tile[(i * 16 + n) * 2 + j] = row < rows && col < cols ? weight[(size_t)row * cols + col] : 0;
+                    }
+        }
+}
+
+/* out[m, n] = sum_k weight[n, k] * x[m, k] (+ bias[n]) (+ residual[m, n]) with the weight packed by amx_pack_bf16.
+   Each thread takes pairs of 16-output blocks and streams their tiles once for every 32 rows of x. */
+__attribute__((target("amx-tile,amx-bf16")))
+void amx_linear_bf16(const uint16_t* packed, const uint16_t* x, const uint16_t* bias, const uint16_t* residual,
+                     uint16_t* out, int m_rows, int rows, int cols) {
+    const int nblocks = (rows + 15) / 16, kblocks = (cols + 31) / 32, kpad = kblocks * 32, mpad = (m_rows + 15) & ~15;
+    uint16_t* xs = (uint16_t*)aligned_alloc(64, (size_t)mpad * kpad * 2);  /* x padded with zeros to whole tiles */
+    memset(xs, 0, (size_t)mpad * kpad * 2);
+    for (int m = 0; m < m_rows; m++) memcpy(xs + (size_t)m * kpad, x + (size_t)m * cols, (size_t)cols * 2);
+    #pragma omp parallel
+    {
+        tile_config config = {0};
+        config.palette = 1;
+        for (int t = 0; t < 8; t++) { config.rows[t] = 16; config.colsb[t] = 64; }
+        _tile_loadconfig(&config);
+        float result[32 * 32];
+        #pragma omp for schedule(static)
+        for (int pair = 0; pair < (nblocks + 1) / 2; pair++) {
+            const int nb = pair * 2, two = nb + 1 < nblocks;
+            const uint16_t* b0 = packed + (size_t)nb * kblocks * 512;
+            const uint16_t* b1 = b0 + (size_t)kblocks * 512;
+            for (int m0 = 0; m0 < mpad; m0 += 32) {
+                const int second = m0 + 16 < mpad;
+                const uint16_t* a0 = xs + (size_t)m0 * kpad;
+                const uint16_t* a1 = a0 + (size_t)16 * kpad;
+                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                for (int kb = 0; kb < kblocks; kb++) {
+                    _tile_loadd(4, a0 + kb * 32, kpad * 2);
+                    _tile_loadd(6, b0 + (size_t)kb * 512, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    if (two) { _tile_loadd(7, b1 + (size_t)kb * 512, 64); _tile_dpbf16ps(1, 4, 7); }
+                    if (second) {
+                        _tile_loadd(5, a1 + kb * 32, kpad * 2);
+                        _tile_dpbf16ps(2, 5, 6);
+                        if (two) _tile_dpbf16ps(3, 5, 7);
+                    }
+                }
+                _tile_stored(0, result, 128); _tile_stored(1, result + 16, 128);
+                _tile_stored(2, result + 512, 128); _tile_stored(3, result + 512 + 16, 128);
+                const int mcount = m_rows - m0 < 32 ? m_rows - m0 : 32;
+                const int ncount = rows - nb * 16 < 32 ? rows - nb * 16 : 32;
+                for (int m = 0; m < mcount; m++)
+                    for (int n = 0; n < ncount; n += 16) {
+                        const size_t at = (size_t)(m0 + m) * rows + nb * 16 + n;
+                        const __mmask16 lanes = ncount - n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ncount - n)) - 1);
+                        finish16(_mm512_loadu_ps(result + m * 32 + n), bias ? bias + nb * 16 + n : 0,
+                                 residual ? residual + at : 0, out + at, lanes);
+                    }
+            }
+        }
+        _tile_release();
+    }
+    free(xs);
 }
 
 static inline __m512 load16_bf16(const uint16_t* p) {
@@ -258,6 +355,8 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
     pointer, number = ctypes.c_void_p, ctypes.c_int
     signatures = {"gemv_bf16": [pointer] * 5 + [number] * 2,
                   "gemm_few_bf16": [pointer] * 5 + [number] * 3,
+                  "amx_pack_bf16": [pointer, pointer, number, number],
+                  "amx_linear_bf16": [pointer] * 5 + [number] * 3,
                   "decode_attention_bf16": [pointer, number, pointer, pointer, pointer, number, pointer, pointer,
                                             number, number, number, number, number, ctypes.c_float],
                   "rms_norm_bf16": [pointer, pointer, ctypes.c_float, pointer, number, number],
@@ -265,7 +364,15 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
     for name, arguments in signatures.items():
         getattr(library, name).argtypes = arguments
         getattr(library, name).restype = None
+    library.amx_enable.restype = ctypes.c_int
     return library, None
+
+
+@functools.lru_cache(maxsize=None)
+def amx_available() -> bool:
+    """Whether `linear_amx` runs here: a CPU with AMX tiles for bf16, and a kernel that lends them to this process."""
+    library = _library()[0]
+    return library is not None and {"amx_tile", "amx_bf16"} <= _cpu_flags() and library.amx_enable() == 0
 
 
 def unavailable_reason() -> str | None:
@@ -303,6 +410,30 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         library.gemv_bf16(*pointers, out_features, cols)
     else:
         library.gemm_few_bf16(*pointers, rows, out_features, cols)
+    return out
+
+
+class AmxWeight:
+    """A bfloat16 weight [out, cols] reordered once into AMX tiles for `linear_amx` (the same bytes, padded)."""
+
+    def __init__(self, weight: torch.Tensor):
+        assert weight.dtype == torch.bfloat16 and weight.dim() == 2
+        self.out_features, self.in_features = weight.shape
+        blocks = -(-self.out_features // 16) * -(-self.in_features // 32)
+        self.tiles = torch.empty(blocks * 512, dtype=torch.bfloat16)
+        _library()[0].amx_pack_bf16(weight.contiguous().data_ptr(), self.tiles.data_ptr(), self.out_features,
+                                    self.in_features)
+
+
+@_shown_in_profiles
+def linear_amx(x: torch.Tensor, weight: AmxWeight, bias: torch.Tensor | None = None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+    """`linear` for any number of rows, through the AMX tile unit, with the weight from `AmxWeight`."""
+    x = x.contiguous()
+    out = torch.empty((x.shape[0], weight.out_features), dtype=torch.bfloat16)
+    _library()[0].amx_linear_bf16(weight.tiles.data_ptr(), x.data_ptr(), 0 if bias is None else bias.data_ptr(),
+                                  0 if residual is None else residual.contiguous().data_ptr(), out.data_ptr(),
+                                  x.shape[0], weight.out_features, weight.in_features)
     return out
 
 

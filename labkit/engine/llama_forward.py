@@ -55,14 +55,15 @@ class Projection:
 
     float32 keeps the layers apart (a concatenated weight may round differently, and float32 is where
     results are compared bit for bit with transformers); other dtypes concatenate the weights once (a copy),
-    and bfloat16 on a CPU reorders that copy once for oneDNN. With `kernels`, a step of a few tokens multiplies
-    the plain bfloat16 weight through `cpu_kernels.linear` (which then keeps the concatenated copy beside the
-    packed one).
+    and bfloat16 on a CPU reorders that copy once for oneDNN. With `kernels` on a CPU with AMX, the weight is
+    reordered once into AMX tiles instead, and every step multiplies through `cpu_kernels.linear_amx` (no
+    oneDNN copy); without AMX, a step of a few tokens multiplies the plain bfloat16 weight through
+    `cpu_kernels.linear` (which then keeps the concatenated copy beside the packed one).
     """
 
     def __init__(self, linears, pack: bool, batch_hint: int, kernels: bool = False):
         self.linears = list(linears)
-        self.packed = None
+        self.packed = self.amx = None
         self.kernels = False
         weights = [lin.weight.detach() for lin in self.linears]
         biases = [lin.bias.detach() if lin.bias is not None else None for lin in self.linears]
@@ -76,6 +77,10 @@ class Projection:
             self.bias = None
         on_cpu_bf16 = self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu"
         self.kernels = kernels and on_cpu_bf16 and self.weight.is_contiguous()
+        self.amx = cpu_kernels.AmxWeight(self.weight) if self.kernels and cpu_kernels.amx_available() else None
+        if self.amx is not None:  # the tiles serve every batch size: no oneDNN copy, no concatenated one
+            self.weight = None
+            return
         if pack and on_cpu_bf16 and packing_available():
             packed = pack_weight(self.weight, batch_hint)
             if packs_identically(self.weight, packed, self.bias):  # else this oneDNN build rounds differently
@@ -85,6 +90,8 @@ class Projection:
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x @ weight.T + bias, plus `residual` when given (the product rounded to the dtype first)."""
+        if self.amx is not None:
+            return cpu_kernels.linear_amx(x, self.amx, self.bias, residual)
         if self.kernels and x.shape[0] <= cpu_kernels.MAX_ROWS:
             return cpu_kernels.linear(x, self.weight, self.bias, residual)
         if self.packed is not None:

@@ -17,23 +17,50 @@ def bf16(*shape, seed=0, scale=1.0):
     return (torch.randn(*shape, generator=generator) * scale).to(torch.bfloat16)
 
 
-@pytest.mark.parametrize("tokens", [1, 3, cpu_kernels.MAX_ROWS])
+def _few_rows(x, weight, bias=None, residual=None):
+    return cpu_kernels.linear(x, weight, bias, residual)
+
+
+def _tiles(x, weight, bias=None, residual=None):
+    return cpu_kernels.linear_amx(x, cpu_kernels.AmxWeight(weight), bias, residual)
+
+
+needs_amx = pytest.mark.skipif(not cpu_kernels.amx_available(), reason="this CPU has no AMX tiles for bfloat16")
+MATMULS = [pytest.param(_few_rows, cpu_kernels.MAX_ROWS, id="few-rows"),
+           pytest.param(_tiles, 130, id="amx", marks=needs_amx)]
+
+
+@pytest.mark.parametrize("matmul, most_tokens", MATMULS)
+@pytest.mark.parametrize("tokens", [1, 3, 8, 17, 130])
 @pytest.mark.parametrize("rows, cols", [(960, 576), (49, 1536), (7, 100), (1, 31)])
-def test_linear_is_as_close_to_the_exact_product_as_torch_is(tokens, rows, cols):
+def test_linear_is_as_close_to_the_exact_product_as_torch_is(matmul, most_tokens, tokens, rows, cols):
+    if tokens > most_tokens:
+        pytest.skip(f"this kernel takes at most {most_tokens} tokens")
     weight, x, bias = bf16(rows, cols, seed=1, scale=0.05), bf16(tokens, cols, seed=2), bf16(rows, seed=3)
     exact = x.double() @ weight.double().T + bias.double()
-    ours, theirs = cpu_kernels.linear(x, weight, bias), F.linear(x, weight, bias)
+    ours, theirs = matmul(x, weight, bias), F.linear(x, weight, bias)
     assert ours.shape == theirs.shape == (tokens, rows) and ours.dtype == torch.bfloat16
     ulp = exact.abs().clamp_min(1e-3) * 2 ** -7  # one bfloat16 step at each value
     assert ((ours.double() - exact).abs() <= ulp).all(), "more than one rounding away from the exact product"
     assert (ours != theirs).float().mean() < 0.05, "only last-bit differences from F.linear, and few"
 
 
-@pytest.mark.parametrize("tokens", [1, 5])
-def test_linear_adds_the_residual_after_rounding_the_product_like_two_torch_ops(tokens):
+@pytest.mark.parametrize("matmul, most_tokens", MATMULS)
+@pytest.mark.parametrize("tokens", [1, 5, 40])
+def test_linear_adds_the_residual_after_rounding_the_product_like_two_torch_ops(matmul, most_tokens, tokens):
+    tokens = min(tokens, most_tokens)
     weight, x, residual = bf16(64, 64, seed=4, scale=0.1), bf16(tokens, 64, seed=5), bf16(tokens, 64, seed=6)
-    product = cpu_kernels.linear(x, weight)
-    assert torch.equal(cpu_kernels.linear(x, weight, residual=residual), residual + product)
+    product = matmul(x, weight)
+    assert torch.equal(matmul(x, weight, residual=residual), residual + product)
+
+
+@needs_amx
+def test_amx_tiles_hold_the_weight_padded_to_whole_tiles():
+    weight = bf16(17, 33, seed=9)
+    tiles = cpu_kernels.AmxWeight(weight).tiles.view(2, 2, 16, 16, 2)  # [n blocks, k blocks, k pairs, n, 2]
+    assert torch.equal(tiles[0, 0, 3, 5], weight[5, 6:8])  # output 5, inputs 6 and 7
+    assert torch.equal(tiles[1, 1, 0, 0], torch.stack([weight[16, 32], torch.tensor(0, dtype=torch.bfloat16)]))
+    assert not tiles[1, :, :, 1:].any()  # outputs 17.. are padding
 
 
 @pytest.mark.parametrize("rows", [1, 40])
@@ -71,8 +98,9 @@ def test_the_engine_steps_one_token_through_the_kernels_and_says_what_torch_ops_
     prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
     greedy = SamplingParams(temperature=0, max_tokens=12)
     calls = []
-    linear = cpu_kernels.linear
-    monkeypatch.setattr(cpu_kernels, "linear", lambda *args: calls.append(1) or linear(*args))
+    for name in ("linear", "linear_amx"):
+        kernel = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *args, kernel=kernel: calls.append(1) or kernel(*args))
     replies = {}
     for kernels in (True, False):
         with LLM(default_llm_bf16, cpu_kernels=kernels) as llm:
@@ -91,8 +119,11 @@ def test_a_torch_profile_of_a_step_shows_the_kernels_by_name():
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         cpu_kernels.linear(x, weight)
         cpu_kernels.rms_norm(x, weight[0], 1e-5)
+        if cpu_kernels.amx_available():
+            _tiles(x, weight)
     names = {event.key for event in prof.key_averages()}
     assert {"labkit::linear", "labkit::rms_norm"} <= names, names
+    assert ("labkit::linear_amx" in names) is cpu_kernels.amx_available()
 
 
 @pytest.mark.parametrize("lengths", [[37], [5, 64, 100, 17], [1, 16, 17, 130, 2, 48]])
