@@ -211,65 +211,110 @@ void amx_linear_bf16(const uint16_t* packed, const uint16_t* x, const uint16_t* 
     free(xs);
 }
 
-static inline __m512 load16_bf16(const uint16_t* p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+static inline __m512 load16_bf16(const uint16_t* p) { return widen16(p, (__mmask16)0xffff); }
+
+/* e^x for 16 floats (Cephes' polynomial, within about 1 float ulp): 0 below -88.7, infinity above 88.7. */
+static inline __m512 exp16(__m512 x) {
+    const __mmask16 gone = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.7f), _CMP_LT_OQ);
+    const __mmask16 huge = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.7f), _CMP_GT_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.7f)), _mm512_set1_ps(88.7f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_add_ps(_mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x), _mm512_set1_ps(1.0f));
+    return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(~gone, _mm512_scalef_ps(y, n)), huge, _mm512_set1_ps(INFINITY));
+}
+
+/* The sums of each of 16 vectors, as one vector (a transposing tree of adds). */
+static inline __m512 sum16x16(const __m512* v) {
+    __m512 t[8], u[4];
+    for (int i = 0; i < 8; i++)
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0x44), _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0xEE));
+    const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+    const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
 }
 
 /* Decode attention straight from the paged cache: request i's one query [heads, dim] (row stride q_stride)
    attends to its first lengths[i] cached tokens, found through pages[i * max_pages + p]; caches are
-   [pages, page_size, kv_heads, dim]. Softmax in float32, the output rounded once to bf16. dim % 16 == 0. */
+   [pages, page_size, kv_heads, dim]. 16 tokens at a time: their scores as one vector (bf16 pair products
+   summed in float32), an online softmax in float32, values accumulated in float32, the output rounded once to
+   bf16. dim % 16 == 0, dim <= 128, heads / kv_heads <= 8. */
 void decode_attention_bf16(const uint16_t* q, int q_stride, const uint16_t* keys, const uint16_t* values,
                            const int64_t* pages, int max_pages, const int64_t* lengths, uint16_t* out,
                            int requests, int heads, int kv_heads, int dim, int page_size, float scale) {
-    const int group = heads / kv_heads, vectors = dim / 16;
+    const int group = heads / kv_heads, vectors = dim / 16, chunks = (dim + 31) / 32;
+    const __mmask32 last = dim % 32 ? (__mmask32)0xffff : (__mmask32)0xffffffff;
     #pragma omp parallel for schedule(dynamic, 1)
     for (int task = 0; task < requests * kv_heads; task++) {
         const int i = task / kv_heads, g = task % kv_heads;
         const int length = (int)lengths[i];
-        float* scores = (float*)malloc(sizeof(float) * (size_t)length * group);
-        __m512 query[8][8];  /* group <= 8, dim <= 128 */
-        for (int h = 0; h < group; h++)
-            for (int v = 0; v < vectors; v++) query[h][v] = load16_bf16(q + (size_t)i * q_stride + (g * group + h) * dim + v * 16);
-        float best[8];
-        for (int h = 0; h < group; h++) best[h] = -INFINITY;
-        for (int t = 0; t < length; t++) {
-            const uint16_t* k = keys + (((size_t)pages[(size_t)i * max_pages + t / page_size] * page_size + t % page_size) * kv_heads + g) * dim;
-            __m512 kv[8];
-            for (int v = 0; v < vectors; v++) kv[v] = load16_bf16(k + v * 16);
-            for (int h = 0; h < group; h++) {
-                __m512 acc = _mm512_mul_ps(query[h][0], kv[0]);
-                for (int v = 1; v < vectors; v++) acc = _mm512_fmadd_ps(query[h][v], kv[v], acc);
-                const float score = _mm512_reduce_add_ps(acc) * scale;
-                scores[(size_t)h * length + t] = score;
-                if (score > best[h]) best[h] = score;
-            }
-        }
+        __m512bh query[8][4];
         __m512 total[8][8];
-        float norm[8];
+        float best[8], norm[8];
         for (int h = 0; h < group; h++) {
-            norm[h] = 0;
+            const uint16_t* qh = q + (size_t)i * q_stride + (g * group + h) * dim;
+            for (int c = 0; c < chunks; c++)
+                query[h][c] = (__m512bh)_mm512_maskz_loadu_epi16(c == chunks - 1 ? last : (__mmask32)0xffffffff, qh + c * 32);
             for (int v = 0; v < vectors; v++) total[h][v] = _mm512_setzero_ps();
+            best[h] = -INFINITY;
+            norm[h] = 0;
         }
-        for (int t = 0; t < length; t++) {
-            const uint16_t* vrow = values + (((size_t)pages[(size_t)i * max_pages + t / page_size] * page_size + t % page_size) * kv_heads + g) * dim;
-            __m512 vv[8];
-            for (int v = 0; v < vectors; v++) vv[v] = load16_bf16(vrow + v * 16);
+        for (int t0 = 0; t0 < length; t0 += 16) {
+            const int count = length - t0 < 16 ? length - t0 : 16;
+            const uint16_t* krow[16];
+            const uint16_t* vrow[16];
+            for (int j = 0; j < count; j++) {
+                const int t = t0 + j;
+                const size_t at = (((size_t)pages[(size_t)i * max_pages + t / page_size] * page_size + t % page_size) * kv_heads + g) * dim;
+                krow[j] = keys + at;
+                vrow[j] = values + at;
+            }
+            float weights[8][16];
             for (int h = 0; h < group; h++) {
-                const float weight = expf(scores[(size_t)h * length + t] - best[h]);
-                norm[h] += weight;
-                const __m512 w = _mm512_set1_ps(weight);
-                for (int v = 0; v < vectors; v++) total[h][v] = _mm512_fmadd_ps(w, vv[v], total[h][v]);
+                __m512 dots[16];
+                for (int j = 0; j < 16; j++) {
+                    __m512 acc = _mm512_setzero_ps();
+                    if (j < count)
+                        for (int c = 0; c < chunks; c++)
+                            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(c == chunks - 1 ? last : (__mmask32)0xffffffff, krow[j] + c * 32), query[h][c]);
+                    dots[j] = acc;
+                }
+                const __mmask16 valid = (__mmask16)((1u << count) - 1);
+                const __m512 scores = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), valid,
+                                                         _mm512_mul_ps(sum16x16(dots), _mm512_set1_ps(scale)));
+                const float top = _mm512_reduce_max_ps(scores), now = top > best[h] ? top : best[h];
+                const float shrink = best[h] == -INFINITY ? 0.0f : expf(best[h] - now);
+                const __m512 p = exp16(_mm512_sub_ps(scores, _mm512_set1_ps(now)));
+                norm[h] = norm[h] * shrink + _mm512_reduce_add_ps(p);
+                best[h] = now;
+                for (int v = 0; v < vectors; v++) total[h][v] = _mm512_mul_ps(total[h][v], _mm512_set1_ps(shrink));
+                _mm512_storeu_ps(weights[h], p);
+            }
+            for (int j = 0; j < count; j++) {
+                __m512 vv[8];
+                for (int v = 0; v < vectors; v++) vv[v] = load16_bf16(vrow[j] + v * 16);
+                for (int h = 0; h < group; h++) {
+                    const __m512 w = _mm512_set1_ps(weights[h][j]);
+                    for (int v = 0; v < vectors; v++) total[h][v] = _mm512_fmadd_ps(w, vv[v], total[h][v]);
+                }
             }
         }
         for (int h = 0; h < group; h++) {
-            float buffer[16];
             uint16_t* o = out + ((size_t)i * heads + g * group + h) * dim;
-            for (int v = 0; v < vectors; v++) {
-                _mm512_storeu_ps(buffer, _mm512_mul_ps(total[h][v], _mm512_set1_ps(1.0f / norm[h])));
-                for (int e = 0; e < 16; e++) o[v * 16 + e] = to_bf16(buffer[e]);
-            }
+            const __m512 inverse = _mm512_set1_ps(1.0f / norm[h]);
+            for (int v = 0; v < vectors; v++)
+                _mm256_storeu_si256((__m256i*)(o + v * 16), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(total[h][v], inverse)));
         }
-        free(scores);
     }
 }
 
@@ -278,19 +323,29 @@ void rms_norm_bf16(const uint16_t* x, const uint16_t* weight, float eps, uint16_
     #pragma omp parallel for schedule(static) if (rows > 16)
     for (int r = 0; r < rows; r++) {
         const uint16_t* row = x + (size_t)r * cols;
-        double squares = 0;
-        for (int c = 0; c < cols; c++) { float v = from_bf16(row[c]); squares += (double)v * v; }
-        const float scale = 1.0f / sqrtf((float)(squares / cols) + eps);
-        for (int c = 0; c < cols; c++)
-            out[(size_t)r * cols + c] = to_bf16(from_bf16(weight[c]) * from_bf16(to_bf16(from_bf16(row[c]) * scale)));
+        __m512 squares = _mm512_setzero_ps();
+        for (int c = 0; c < cols; c += 16) {
+            const __mmask16 lanes = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
+            const __m512 v = widen16(row + c, lanes);
+            squares = _mm512_fmadd_ps(v, v, squares);
+        }
+        const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(squares) / cols + eps));
+        for (int c = 0; c < cols; c += 16) {
+            const __mmask16 lanes = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
+            const __m512 normed = round16(_mm512_mul_ps(widen16(row + c, lanes), scale));
+            _mm256_mask_storeu_epi16(out + (size_t)r * cols + c, lanes,
+                                     (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(widen16(weight + c, lanes), normed)));
+        }
     }
 }
 
 /* Rotary embeddings of `heads` heads of each token (row stride `stride` elements), into out [tokens, heads, dim]:
-   x * cos + cat(-x2, x1) * sin with cos, sin [tokens, dim], each product and the sum rounded to bf16. */
+   x * cos + cat(-x2, x1) * sin with cos, sin [tokens, dim], each product and the sum rounded to bf16.
+   dim % 32 == 0 (16 lanes per half). */
 void rotary_bf16(const uint16_t* x, int stride, const uint16_t* cos, const uint16_t* sin, uint16_t* out,
                  int tokens, int heads, int dim) {
     const int half = dim / 2;
+    const __mmask16 all = (__mmask16)0xffff;
     #pragma omp parallel for schedule(static) if (tokens > 16)
     for (int t = 0; t < tokens; t++) {
         const uint16_t* c = cos + (size_t)t * dim;
@@ -298,14 +353,31 @@ void rotary_bf16(const uint16_t* x, int stride, const uint16_t* cos, const uint1
         for (int h = 0; h < heads; h++) {
             const uint16_t* v = x + (size_t)t * stride + h * dim;
             uint16_t* o = out + ((size_t)t * heads + h) * dim;
-            for (int i = 0; i < dim; i++) {
-                float rotated = i < half ? -from_bf16(v[i + half]) : from_bf16(v[i - half]);
-                float a = from_bf16(to_bf16(from_bf16(v[i]) * from_bf16(c[i])));
-                float b = from_bf16(to_bf16(rotated * from_bf16(s[i])));
-                o[i] = to_bf16(a + b);
+            for (int i = 0; i < half; i += 16) {
+                const __m512 first = widen16(v + i, all), second = widen16(v + half + i, all);
+                const __m512 low = _mm512_add_ps(round16(_mm512_mul_ps(first, widen16(c + i, all))),
+                                                 round16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), second), widen16(s + i, all))));
+                const __m512 high = _mm512_add_ps(round16(_mm512_mul_ps(second, widen16(c + half + i, all))),
+                                                  round16(_mm512_mul_ps(first, widen16(s + half + i, all))));
+                _mm256_storeu_si256((__m256i*)(o + i), (__m256i)_mm512_cvtneps_pbh(low));
+                _mm256_storeu_si256((__m256i*)(o + half + i), (__m256i)_mm512_cvtneps_pbh(high));
             }
         }
     }
+}
+
+/* out[t, i] = bf16(silu(gate[t, i])) * up[t, i], rounded, where gate_up[t] = [gate | up], each `inner` wide:
+   F.silu(gate) * up, with the rounding after each of the two. */
+void silu_mul_bf16(const uint16_t* gate_up, uint16_t* out, int tokens, int inner) {
+    #pragma omp parallel for schedule(static) if (tokens > 4)
+    for (int t = 0; t < tokens; t++)
+        for (int i = 0; i < inner; i += 16) {
+            const __mmask16 lanes = inner - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (inner - i)) - 1);
+            const __m512 g = widen16(gate_up + (size_t)t * 2 * inner + i, lanes);
+            const __m512 up = widen16(gate_up + (size_t)t * 2 * inner + inner + i, lanes);
+            const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+            _mm256_mask_storeu_epi16(out + (size_t)t * inner + i, lanes, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(round16(silu), up)));
+        }
 }
 """
 MAX_ROWS = 8  # up to here streaming the weights once beats oneDNN's blocked matmul (measured: 1.1-1.6x at 1-8 rows, even at 16)
@@ -360,7 +432,8 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
                   "decode_attention_bf16": [pointer, number, pointer, pointer, pointer, number, pointer, pointer,
                                             number, number, number, number, number, ctypes.c_float],
                   "rms_norm_bf16": [pointer, pointer, ctypes.c_float, pointer, number, number],
-                  "rotary_bf16": [pointer, number, pointer, pointer, pointer, number, number, number]}
+                  "rotary_bf16": [pointer, number, pointer, pointer, pointer, number, number, number],
+                  "silu_mul_bf16": [pointer, pointer, number, number]}
     for name, arguments in signatures.items():
         getattr(library, name).argtypes = arguments
         getattr(library, name).restype = None
@@ -450,11 +523,26 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def rotary(x: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embeddings of the first `heads` heads of each row of `x` [tokens, >= heads * head_dim] (a slice of
     a wider row is fine), with cos and sin contiguous [tokens, head_dim] (or [tokens, 1, head_dim]): a new
-    [tokens, heads, head_dim] tensor."""
-    assert x.stride(1) == 1 and cos.is_contiguous() and sin.is_contiguous()
+    [tokens, heads, head_dim] tensor. `head_dim` a multiple of 32 (`rotary_fits`)."""
+    assert x.stride(1) == 1 and cos.is_contiguous() and sin.is_contiguous() and rotary_fits(head_dim)
     out = x.new_empty((x.shape[0], heads, head_dim))
     _library()[0].rotary_bf16(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
                               x.shape[0], heads, head_dim)
+    return out
+
+
+def rotary_fits(head_dim: int) -> bool:
+    """Whether `rotary` takes heads of this size: each half in whole 16-float vectors."""
+    return head_dim % 32 == 0
+
+
+@_shown_in_profiles
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """`F.silu(gate) * up` for bfloat16 rows `gate_up` [tokens, 2 * inner] holding [gate | up], in one call."""
+    gate_up = gate_up.contiguous()
+    tokens, inner = gate_up.shape[0], gate_up.shape[1] // 2
+    out = gate_up.new_empty((tokens, inner))
+    _library()[0].silu_mul_bf16(gate_up.data_ptr(), out.data_ptr(), tokens, inner)
     return out
 
 

@@ -160,8 +160,7 @@ class LlamaForward:
             q, k = qk.split((heads, kv_heads), dim=1)
             out = self.attention.attend_layer(index, q.transpose(0, 1), k, v, layer.scaling)  # [tokens, heads, head_dim]
             h = layer.o(out.reshape(tokens, heads * head_dim), residual=h)
-            gate, up = layer.gate_up(self._norm(h, layer.post_norm)).chunk(2, dim=-1)
-            h = layer.down(F.silu(gate) * up, residual=h)
+            h = layer.down(self._silu_mul(layer.gate_up(self._norm(h, layer.post_norm))), residual=h)
         return self.lm_head(self._norm(h.index_select(0, keep), self.final_norm))
 
     def _norm(self, x: torch.Tensor, norm) -> torch.Tensor:
@@ -170,8 +169,15 @@ class LlamaForward:
             return cpu_kernels.rms_norm(x, norm.weight, norm.variance_epsilon)
         return _rms_norm(x, norm)
 
+    def _silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """The MLP's silu(gate) * up from the gate/up projection's output [tokens, 2 * intermediate]."""
+        if self.kernels:
+            return cpu_kernels.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
     def _rotate_qk(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The q and k heads of each token's q/k/v row, rotated: [tokens, heads + kv_heads, head_dim]."""
-        if self.kernels:  # reads the heads straight from the wider row
+        if self.kernels and cpu_kernels.rotary_fits(self.head_dim):  # reads the heads straight from the wider row
             return cpu_kernels.rotary(qkv, self.num_heads + self.num_kv_heads, self.head_dim, cos, sin)
         return self._rotate(qkv[:, :self.split[0]].view(qkv.shape[0], -1, self.head_dim), cos, sin)

@@ -92,6 +92,18 @@ def test_rotary_of_a_slice_of_a_wider_row_matches_transformers(tokens):
     assert torch.equal(ours[:, heads:], expected_k[0].transpose(0, 1))
 
 
+@pytest.mark.parametrize("tokens", [1, 9])
+def test_silu_mul_matches_torch_but_for_rare_last_bits(tokens):
+    gate_up = bf16(tokens, 2 * 1536, seed=17, scale=4)
+    gate_up[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0])  # e^x at its extremes: silu 0 (-0), x, 0, 0
+    gate, up = gate_up.chunk(2, dim=-1)
+    expected, ours = F.silu(gate) * up, cpu_kernels.silu_mul(gate_up)
+    assert ours.shape == expected.shape and ours.dtype == torch.bfloat16
+    assert torch.equal(ours[0, :4].abs(), expected[0, :4].abs())
+    ulp = expected.double().abs().clamp_min(1e-30) * 2 ** -7
+    assert ((ours.double() - expected.double()).abs() <= ulp).all() and (ours != expected).float().mean() < 0.01
+
+
 def test_the_engine_steps_one_token_through_the_kernels_and_says_what_torch_ops_say(default_llm_bf16, monkeypatch):
     from labkit import LLM, SamplingParams
 
