@@ -36,7 +36,7 @@ class EngineConfig:
     running request is preempted and recomputed later.
     """
 
-    max_num_seqs: int = 32  # most requests running (decoding or prefilling) at once
+    max_num_seqs: int = 64  # most requests running (decoding or prefilling) at once (vLLM's default: 256)
     max_num_batched_tokens: int = 512  # per-step token budget; longer prompts are prefilled in chunks
     max_model_len: int | None = None  # longest prompt + output; None: the model's context (and the cache's size)
     kv_cache_tokens: int = 16384  # KV memory, in tokens, preallocated once (rounded down to whole pages)

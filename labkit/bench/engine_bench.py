@@ -5,7 +5,7 @@ hf-continuous (transformers' own continuous batching, cache bounded like ours) a
 vllm (vLLM's CPU build in a subprocess of its own venv, vllm_baseline.py). The machine's
 roofline (matmul FLOP/s in the dtype, memory copy GB/s, on the device the model runs on) is measured in the same
 run, so labkit's model FLOP utilisation and weight-bandwidth utilisation come from numbers taken minutes apart, not
-from a datasheet. The workload's MFU is the batched figure (up to 32 requests at once); one request alone, decoding
+from a datasheet. The workload's MFU is the batched figure (up to `max_num_seqs` requests at once); one request alone, decoding
 BATCH1_TOKENS tokens, gives the batch-1 figure: weights read per second against the copy bandwidth, since a
 decode step at batch 1 reads every weight once and does little else.
 """

@@ -6,6 +6,7 @@ import json
 import sys
 
 from ..bench.engine_workload import SYSTEMS, WORKLOADS
+from ..config import EngineConfig
 from ..models import DEFAULT_LLM
 from ..optimize import OPTIMIZERS
 from .flags import add_slo_flags, non_negative_float, positive_int
@@ -116,8 +117,10 @@ def _add_bench_engine(benches) -> None:
     engine.add_argument("--vllm-python", metavar="PATH", default=None,
                         help="for --systems ...,vllm: a Python with vLLM's CPU build (`make vllm` makes "
                              ".venv-vllm/bin/python)")
-    engine.add_argument("--max-num-seqs", type=int, default=32, help="labkit: most running requests")
-    engine.add_argument("--max-num-batched-tokens", type=int, default=512, help="labkit: per-step token budget")
+    engine.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs,
+                        help=f"labkit: most running requests (default {EngineConfig.max_num_seqs})")
+    engine.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens,
+                        help=f"labkit: per-step token budget (default {EngineConfig.max_num_batched_tokens})")
     engine.add_argument("--no-adapt-threads", dest="adapt_threads", action="store_false",
                         help="labkit: keep every torch thread even while another process shares the CPU")
     engine.add_argument("--workload", default="default", choices=sorted(WORKLOADS),
