@@ -78,9 +78,12 @@ class PagedAttention:
         """q [heads, tokens, d], new keys/values [tokens, kv_heads, d] -> [tokens, heads, d]."""
         batch = self.batch
         keys, values = self.cache.keys[layer], self.cache.values[layer]  # [pages, page_size, kv_heads, d]
-        slots = keys.shape[0] * keys.shape[1]
-        keys.view(slots, -1).index_copy_(0, batch.write_slots, new_keys.reshape(new_keys.shape[0], -1))
-        values.view(slots, -1).index_copy_(0, batch.write_slots, new_values.reshape(new_values.shape[0], -1))
+        if self.kernels:
+            cpu_kernels.write_kv(new_keys, new_values, batch.write_slots, keys, values)
+        else:
+            slots = keys.shape[0] * keys.shape[1]
+            keys.view(slots, -1).index_copy_(0, batch.write_slots, new_keys.reshape(new_keys.shape[0], -1))
+            values.view(slots, -1).index_copy_(0, batch.write_slots, new_values.reshape(new_values.shape[0], -1))
         if not batch.prefills:  # steady state: decodes only
             return self._decode(q, keys, values, scale)
         out = q.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [tokens, heads, head_dim]

@@ -249,6 +249,11 @@ static inline __m512 sum16x16(const __m512* v) {
    [pages, page_size, kv_heads, dim]. 16 tokens at a time: their scores as one vector (bf16 pair products
    summed in float32), an online softmax in float32, values accumulated in float32, the output rounded once to
    bf16. dim % 16 == 0, dim <= 128, heads / kv_heads <= 8. */
+/* Decode attention straight from the paged cache: request i's one query [heads, dim] (row stride q_stride)
+   attends to its first lengths[i] cached tokens, found through pages[i * max_pages + p]; caches are
+   [pages, page_size, kv_heads, dim]. 16 tokens at a time: their scores as one vector (bf16 pair products
+   summed in float32), an online softmax in float32, values accumulated in float32, the output rounded once to
+   bf16. dim % 16 == 0, dim <= 128, heads / kv_heads <= 8. */
 void decode_attention_bf16(const uint16_t* q, int q_stride, const uint16_t* keys, const uint16_t* values,
                            const int64_t* pages, int max_pages, const int64_t* lengths, uint16_t* out,
                            int requests, int heads, int kv_heads, int dim, int page_size, float scale) {
@@ -366,6 +371,41 @@ void rotary_bf16(const uint16_t* x, int stride, const uint16_t* cos, const uint1
     }
 }
 
+/* Each token's new keys and values [tokens, kv_heads * dim] (rows `key_stride` / `value_stride` apart) into their
+   cache slots: row slots[t] of the caches viewed as [slots, kv_heads * dim]. */
+void write_kv_bf16(const uint16_t* keys, int key_stride, const uint16_t* values, int value_stride, const int64_t* slots,
+                   uint16_t* key_cache, uint16_t* value_cache, int tokens, int width) {
+    for (int t = 0; t < tokens; t++) {
+        memcpy(key_cache + (size_t)slots[t] * width, keys + (size_t)t * key_stride, (size_t)width * 2);
+        memcpy(value_cache + (size_t)slots[t] * width, values + (size_t)t * value_stride, (size_t)width * 2);
+    }
+}
+
+/* Each row's first largest entry, NaN counted as largest (what torch's max(dim).indices gives); bf16 or float32 rows. */
+void argmax_rows(const void* logits, int is_bf16, int64_t* out, int rows, int cols) {
+    #pragma omp parallel for schedule(static) if (rows > 1)
+    for (int r = 0; r < rows; r++) {
+        __m512 best = _mm512_set1_ps(-INFINITY);
+        __m512i where = _mm512_setzero_si512();
+        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        int64_t nan_at = -1;
+        for (int c = 0; c < cols; c += 16) {
+            const __mmask16 lanes = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
+            const __m512 v = is_bf16 ? widen16((const uint16_t*)logits + (size_t)r * cols + c, lanes)
+                                     : _mm512_maskz_loadu_ps(lanes, (const float*)logits + (size_t)r * cols + c);
+            const __mmask16 nan = _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q);
+            if (nan) { nan_at = c + __builtin_ctz(nan); break; }
+            const __mmask16 above = _mm512_mask_cmp_ps_mask(lanes, v, best, _CMP_GT_OQ);
+            best = _mm512_mask_mov_ps(best, above, v);
+            where = _mm512_mask_mov_epi32(where, above, _mm512_add_epi32(lane, _mm512_set1_epi32(c)));
+        }
+        if (nan_at >= 0) { out[r] = nan_at; continue; }
+        const float top = _mm512_reduce_max_ps(best);
+        const __mmask16 tops = _mm512_cmp_ps_mask(best, _mm512_set1_ps(top), _CMP_EQ_OQ);
+        out[r] = tops ? _mm512_mask_reduce_min_epi32(tops, where) : 0;  /* every entry -inf: index 0, as torch */
+    }
+}
+
 /* out[t, i] = bf16(silu(gate[t, i])) * up[t, i], rounded, where gate_up[t] = [gate | up], each `inner` wide:
    F.silu(gate) * up, with the rounding after each of the two. */
 void silu_mul_bf16(const uint16_t* gate_up, uint16_t* out, int tokens, int inner) {
@@ -433,7 +473,9 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
                                             number, number, number, number, number, ctypes.c_float],
                   "rms_norm_bf16": [pointer, pointer, ctypes.c_float, pointer, number, number],
                   "rotary_bf16": [pointer, number, pointer, pointer, pointer, number, number, number],
-                  "silu_mul_bf16": [pointer, pointer, number, number]}
+                  "silu_mul_bf16": [pointer, pointer, number, number],
+                  "write_kv_bf16": [pointer, number, pointer, number, pointer, pointer, pointer, number, number],
+                  "argmax_rows": [pointer, number, pointer, number, number]}
     for name, arguments in signatures.items():
         getattr(library, name).argtypes = arguments
         getattr(library, name).restype = None
@@ -543,6 +585,30 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     tokens, inner = gate_up.shape[0], gate_up.shape[1] // 2
     out = gate_up.new_empty((tokens, inner))
     _library()[0].silu_mul_bf16(gate_up.data_ptr(), out.data_ptr(), tokens, inner)
+    return out
+
+
+@_shown_in_profiles
+def write_kv(new_keys: torch.Tensor, new_values: torch.Tensor, slots: torch.Tensor, keys: torch.Tensor,
+             values: torch.Tensor) -> None:
+    """`keys.view(slots, -1).index_copy_(0, slots, new_keys)` and the same for values, in one call: new keys and
+    values [tokens, kv_heads, dim] (rows may be strided), the caches [pages, page_size, kv_heads, dim]."""
+    tokens, kv_heads, dim = new_keys.shape
+    for new in (new_keys, new_values):
+        assert new.dtype == keys.dtype == torch.bfloat16 and new.stride(2) == 1 and new.stride(1) == dim
+    assert keys.is_contiguous() and values.is_contiguous() and slots.dtype == torch.int64 and slots.is_contiguous()
+    _library()[0].write_kv_bf16(new_keys.data_ptr(), new_keys.stride(0), new_values.data_ptr(), new_values.stride(0),
+                                slots.data_ptr(), keys.data_ptr(), values.data_ptr(), tokens, kv_heads * dim)
+
+
+@_shown_in_profiles
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.max(dim=-1).indices` for bfloat16 or float32 rows [rows, vocab]: each row's first largest entry,
+    NaN counted as largest."""
+    assert logits.dtype in (torch.bfloat16, torch.float32) and logits.dim() == 2
+    logits = logits.contiguous()
+    out = torch.empty(logits.shape[0], dtype=torch.int64)
+    _library()[0].argmax_rows(logits.data_ptr(), int(logits.dtype == torch.bfloat16), out.data_ptr(), *logits.shape)
     return out
 
 

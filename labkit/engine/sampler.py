@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import cpu_kernels
 from .logits_processors import apply_logit_bias, apply_min_p, apply_penalties
 from .logprobs import LogprobsComputer
 from .outputs import PositionLogprobs
@@ -35,7 +36,8 @@ class SamplerOutput:
 
 
 class Sampler:
-    def __init__(self, seed: int | None = None, tokenizer=None):
+    def __init__(self, seed: int | None = None, tokenizer=None, kernels: bool = False):
+        self.kernels = kernels  # greedy rows through cpu_kernels.argmax (engine/cpu_kernels.py)
         # For requests without a seed of their own. Unseeded, it starts from OS entropy, so a restarted engine
         # does not replay the same "random" replies; an engine seed makes every unseeded draw reproducible.
         self.generator = torch.Generator()
@@ -51,14 +53,14 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         if all(request.plain_greedy and not request.needs_min_tokens_mask for request in requests):
-            return SamplerOutput(_argmax(logits))
+            return SamplerOutput(self._argmax(logits))
         raw = logits
         # A copy in float32 (like transformers' generate): the runner's logits stay as the model gave them,
         # for log-probabilities (and a runner's inference-mode tensor cannot be written out here anyway).
         logits = logits.float().clone()
         self.constrain(logits, requests)
         logits = self._bias_and_penalize(logits, requests)
-        tokens = _argmax(logits)
+        tokens = self._argmax(logits)
         sampled_rows = [row for row, request in enumerate(requests) if not request.params.greedy]
         if sampled_rows:
             for row, token in zip(sampled_rows, self._draw(logits, requests, sampled_rows)):
@@ -119,6 +121,11 @@ class Sampler:
         # A row with no probability left (every logit -inf or NaN) keeps its argmax, never an id past the
         # vocabulary.
         return [token if ok else None for token, ok in zip(tokens.tolist(), usable.tolist())]
+
+    def _argmax(self, logits: torch.Tensor) -> list[int]:
+        if self.kernels and logits.device.type == "cpu" and logits.dtype in (torch.bfloat16, torch.float32):
+            return cpu_kernels.argmax(logits).tolist()
+        return _argmax(logits)
 
 
 def _argmax(logits: torch.Tensor) -> list[int]:

@@ -104,6 +104,29 @@ def test_silu_mul_matches_torch_but_for_rare_last_bits(tokens):
     assert ((ours.double() - expected.double()).abs() <= ulp).all() and (ours != expected).float().mean() < 0.01
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_argmax_is_torchs_first_maximum_with_nan_counted_largest(dtype):
+    logits = bf16(5, 49152 + 7, seed=18, scale=3).to(dtype)
+    logits[1, 100] = logits[1, 40000] = 50  # a tie: the first
+    logits[2, 9] = logits[2, 30000] = float("nan")  # NaN wins, the first one
+    logits[3] = float("-inf")  # nothing but -inf: index 0
+    logits[4, -1] = 60  # in the last, partial vector
+    assert cpu_kernels.argmax(logits).tolist() == logits.max(dim=-1).indices.tolist() == [
+        logits[0].max(dim=-1).indices.item(), 100, 9, 0, 49152 + 6]
+
+
+def test_write_kv_puts_each_token_in_its_slot_like_index_copy():
+    qkv = bf16(5, (9 + 3 + 3) * 64, seed=19)  # strided rows, as the forward hands them over
+    new_keys, new_values = qkv[:, 9 * 64:12 * 64].view(5, 3, 64), qkv[:, 12 * 64:].view(5, 3, 64)
+    keys, values = torch.zeros(4, 16, 3, 64, dtype=torch.bfloat16), torch.zeros(4, 16, 3, 64, dtype=torch.bfloat16)
+    slots = torch.tensor([0, 17, 18, 63, 40])
+    cpu_kernels.write_kv(new_keys, new_values, slots, keys, values)
+    expected_keys, expected_values = torch.zeros_like(keys), torch.zeros_like(values)
+    expected_keys.view(64, -1).index_copy_(0, slots, new_keys.reshape(5, -1))
+    expected_values.view(64, -1).index_copy_(0, slots, new_values.reshape(5, -1))
+    assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+
+
 def test_the_engine_steps_one_token_through_the_kernels_and_says_what_torch_ops_say(default_llm_bf16, monkeypatch):
     from labkit import LLM, SamplingParams
 
