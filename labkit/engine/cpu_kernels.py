@@ -157,14 +157,21 @@ void amx_pack_bf16(const uint16_t* weight, uint16_t* packed, int rows, int cols)
 }
 
 /* out[m, n] = sum_k weight[n, k] * x[m, k] (+ bias[n]) (+ residual[m, n]) with the weight packed by amx_pack_bf16.
-   Each thread takes pairs of 16-output blocks and streams their tiles once for every 32 rows of x. */
+   Each thread takes pairs of 16-output blocks and streams their tiles once for every 32 rows of x; rows of x go
+   in blocks of AMX_ROWS, so that a long prefill's block stays in L2 while every weight tile passes it. x is read
+   in place, but for its last partial 16 rows (and all of it when cols is not a multiple of 32), padded with zeros. */
+#define AMX_ROWS 256
 __attribute__((target("amx-tile,amx-bf16")))
 void amx_linear_bf16(const uint16_t* packed, const uint16_t* x, const uint16_t* bias, const uint16_t* residual,
                      uint16_t* out, int m_rows, int rows, int cols) {
     const int nblocks = (rows + 15) / 16, kblocks = (cols + 31) / 32, kpad = kblocks * 32, mpad = (m_rows + 15) & ~15;
-    uint16_t* xs = (uint16_t*)aligned_alloc(64, (size_t)mpad * kpad * 2);  /* x padded with zeros to whole tiles */
-    memset(xs, 0, (size_t)mpad * kpad * 2);
-    for (int m = 0; m < m_rows; m++) memcpy(xs + (size_t)m * kpad, x + (size_t)m * cols, (size_t)cols * 2);
+    const int in_place = cols == kpad ? m_rows & ~15 : 0;  /* rows of x read where they are */
+    uint16_t* xs = NULL;
+    if (in_place < mpad) {
+        xs = (uint16_t*)aligned_alloc(64, (size_t)(mpad - in_place) * kpad * 2);
+        memset(xs, 0, (size_t)(mpad - in_place) * kpad * 2);
+        for (int m = in_place; m < m_rows; m++) memcpy(xs + (size_t)(m - in_place) * kpad, x + (size_t)m * cols, (size_t)cols * 2);
+    }
     #pragma omp parallel
     {
         tile_config config = {0};
@@ -172,38 +179,42 @@ void amx_linear_bf16(const uint16_t* packed, const uint16_t* x, const uint16_t* 
         for (int t = 0; t < 8; t++) { config.rows[t] = 16; config.colsb[t] = 64; }
         _tile_loadconfig(&config);
         float result[32 * 32];
-        #pragma omp for schedule(static)
-        for (int pair = 0; pair < (nblocks + 1) / 2; pair++) {
-            const int nb = pair * 2, two = nb + 1 < nblocks;
-            const uint16_t* b0 = packed + (size_t)nb * kblocks * 512;
-            const uint16_t* b1 = b0 + (size_t)kblocks * 512;
-            for (int m0 = 0; m0 < mpad; m0 += 32) {
-                const int second = m0 + 16 < mpad;
-                const uint16_t* a0 = xs + (size_t)m0 * kpad;
-                const uint16_t* a1 = a0 + (size_t)16 * kpad;
-                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-                for (int kb = 0; kb < kblocks; kb++) {
-                    _tile_loadd(4, a0 + kb * 32, kpad * 2);
-                    _tile_loadd(6, b0 + (size_t)kb * 512, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    if (two) { _tile_loadd(7, b1 + (size_t)kb * 512, 64); _tile_dpbf16ps(1, 4, 7); }
-                    if (second) {
-                        _tile_loadd(5, a1 + kb * 32, kpad * 2);
-                        _tile_dpbf16ps(2, 5, 6);
-                        if (two) _tile_dpbf16ps(3, 5, 7);
+        for (int block = 0; block < mpad; block += AMX_ROWS) {
+            const int block_end = block + AMX_ROWS < mpad ? block + AMX_ROWS : mpad;
+            #pragma omp for schedule(static)
+            for (int pair = 0; pair < (nblocks + 1) / 2; pair++) {
+                const int nb = pair * 2, two = nb + 1 < nblocks;
+                const uint16_t* b0 = packed + (size_t)nb * kblocks * 512;
+                const uint16_t* b1 = b0 + (size_t)kblocks * 512;
+                for (int m0 = block; m0 < block_end; m0 += 32) {
+                    const int second = m0 + 16 < mpad;
+                    const uint16_t* a0 = m0 < in_place ? x + (size_t)m0 * cols : xs + (size_t)(m0 - in_place) * kpad;
+                    const uint16_t* a1 = m0 + 16 < in_place ? x + (size_t)(m0 + 16) * cols : xs + (size_t)(m0 + 16 - in_place) * kpad;
+                    const int stride0 = (m0 < in_place ? cols : kpad) * 2, stride1 = (m0 + 16 < in_place ? cols : kpad) * 2;
+                    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                    for (int kb = 0; kb < kblocks; kb++) {
+                        _tile_loadd(4, a0 + kb * 32, stride0);
+                        _tile_loadd(6, b0 + (size_t)kb * 512, 64);
+                        _tile_dpbf16ps(0, 4, 6);
+                        if (two) { _tile_loadd(7, b1 + (size_t)kb * 512, 64); _tile_dpbf16ps(1, 4, 7); }
+                        if (second) {
+                            _tile_loadd(5, a1 + kb * 32, stride1);
+                            _tile_dpbf16ps(2, 5, 6);
+                            if (two) _tile_dpbf16ps(3, 5, 7);
+                        }
                     }
+                    _tile_stored(0, result, 128); _tile_stored(1, result + 16, 128);
+                    _tile_stored(2, result + 512, 128); _tile_stored(3, result + 512 + 16, 128);
+                    const int mcount = m_rows - m0 < 32 ? m_rows - m0 : 32;
+                    const int ncount = rows - nb * 16 < 32 ? rows - nb * 16 : 32;
+                    for (int m = 0; m < mcount; m++)
+                        for (int n = 0; n < ncount; n += 16) {
+                            const size_t at = (size_t)(m0 + m) * rows + nb * 16 + n;
+                            const __mmask16 lanes = ncount - n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ncount - n)) - 1);
+                            finish16(_mm512_loadu_ps(result + m * 32 + n), bias ? bias + nb * 16 + n : 0,
+                                     residual ? residual + at : 0, out + at, lanes);
+                        }
                 }
-                _tile_stored(0, result, 128); _tile_stored(1, result + 16, 128);
-                _tile_stored(2, result + 512, 128); _tile_stored(3, result + 512 + 16, 128);
-                const int mcount = m_rows - m0 < 32 ? m_rows - m0 : 32;
-                const int ncount = rows - nb * 16 < 32 ? rows - nb * 16 : 32;
-                for (int m = 0; m < mcount; m++)
-                    for (int n = 0; n < ncount; n += 16) {
-                        const size_t at = (size_t)(m0 + m) * rows + nb * 16 + n;
-                        const __mmask16 lanes = ncount - n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ncount - n)) - 1);
-                        finish16(_mm512_loadu_ps(result + m * 32 + n), bias ? bias + nb * 16 + n : 0,
-                                 residual ? residual + at : 0, out + at, lanes);
-                    }
             }
         }
         _tile_release();
@@ -415,7 +426,14 @@ void silu_mul_bf16(const uint16_t* gate_up, uint16_t* out, int tokens, int inner
             const __mmask16 lanes = inner - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (inner - i)) - 1);
             const __m512 g = widen16(gate_up + (size_t)t * 2 * inner + i, lanes);
             const __m512 up = widen16(gate_up + (size_t)t * 2 * inner + inner + i, lanes);
-            const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+            /* sigmoid(g) from e = e^-|g| (never overflows): 1 / (1 + e) for g >= 0, e / (1 + e) below; the
+               reciprocal by one Newton step from vrcp14 (a division costs 4x as much, for bits bf16 drops) */
+            const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
+            const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), e);
+            __m512 r = _mm512_rcp14_ps(d);
+            r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+            const __mmask16 negative = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
+            const __m512 silu = _mm512_mul_ps(g, _mm512_mask_mul_ps(r, negative, r, e));
             _mm256_mask_storeu_epi16(out + (size_t)t * inner + i, lanes, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(round16(silu), up)));
         }
 }
