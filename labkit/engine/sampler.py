@@ -57,7 +57,7 @@ class Sampler:
         raw = logits
         # A copy in float32 (like transformers' generate): the runner's logits stay as the model gave them,
         # for log-probabilities (and a runner's inference-mode tensor cannot be written out here anyway).
-        logits = logits.float().clone()
+        logits = logits.float() if logits.dtype != torch.float32 else logits.clone()  # .float() of bf16 is a copy
         self.constrain(logits, requests)
         logits = self._bias_and_penalize(logits, requests)
         tokens = self._argmax(logits)
@@ -105,7 +105,8 @@ class Sampler:
 
     def _draw(self, logits: torch.Tensor, requests: list[Request], sampled_rows: list[int]) -> list[int | None]:
         params = [requests[row].params for row in sampled_rows]
-        chosen = logits[sampled_rows]
+        # Every row sampled (the usual batch): the rows in place, since nothing reads `logits` after the draw.
+        chosen = logits if len(sampled_rows) == logits.shape[0] else logits[sampled_rows]
         # Built on the host and copied without waiting (a GPU's queue is not drained for them), and min_p's test
         # is on the parameters, not on a device tensor whose answer would have to come back.
         temperatures = torch.tensor([p.temperature for p in params]).to(logits.device, non_blocking=True)
