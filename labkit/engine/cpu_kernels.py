@@ -270,9 +270,13 @@ void decode_attention_bf16(const uint16_t* q, int q_stride, const uint16_t* keys
                            int requests, int heads, int kv_heads, int dim, int page_size, float scale) {
     const int group = heads / kv_heads, vectors = dim / 16, chunks = (dim + 31) / 32;
     const __mmask32 last = dim % 32 ? (__mmask32)0xffff : (__mmask32)0xffffffff;
+    /* From 8 requests on, each task takes one request's KV heads in turn (their rows share cache lines: 215
+       against 255 us for 64 requests of 80 tokens); fewer requests split by head, so both cores have work. */
+    const int whole = requests >= 8, tasks = whole ? requests : requests * kv_heads;
     #pragma omp parallel for schedule(dynamic, 1)
-    for (int task = 0; task < requests * kv_heads; task++) {
-        const int i = task / kv_heads, g = task % kv_heads;
+    for (int task = 0; task < tasks; task++)
+    for (int g = whole ? 0 : task % kv_heads; g < (whole ? kv_heads : task % kv_heads + 1); g++) {
+        const int i = whole ? task : task / kv_heads;
         const int length = (int)lengths[i];
         __m512bh query[8][4];
         __m512 total[8][8];
