@@ -396,6 +396,122 @@ void write_kv_bf16(const uint16_t* keys, int key_stride, const uint16_t* values,
     }
 }
 
+/* One token per row of float32 logits [rows, vocab] under top-k (0: off) and top-p (>= 1: off), by inverse CDF
+   from uniforms[r], over the kept tokens in descending order of probability. The kept tokens are a prefix of
+   that order, so only the likeliest need sorting: a histogram of the logits within TOP_P_SPAN of the maximum,
+   in buckets of 1/TOP_P_BUCKETS, finds the highest bucket edge above which the tokens hold top_p of the
+   probability (and number at least top_k); only those are sorted. A row is settled (settled[r] = 1) when that
+   edge exists and at most TOP_P_MOST tokens lie above it, or when it keeps the whole vocabulary. Other rows
+   (very flat ones, a large top_k, NaN, nothing above -inf) are left for the exact path. */
+#define TOP_P_SPAN 16
+#define TOP_P_BUCKETS 4  /* per unit of logit */
+#define TOP_P_MOST 2048
+typedef struct { float logit; int id; } candidate;
+static int likelier(const void* a, const void* b) {
+    const candidate *x = (const candidate*)a, *y = (const candidate*)b;
+    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
+    return x->id - y->id;
+}
+void top_p_draw(const float* logits, const int64_t* top_k, const float* top_p, const float* uniforms,
+                int64_t* tokens, int8_t* settled, int rows, int vocab) {
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int r = 0; r < rows; r++) {
+        const float* row = logits + (size_t)r * vocab;
+        settled[r] = 0;
+        __m512 most = _mm512_set1_ps(-INFINITY);
+        int nan = 0;
+        for (int c = 0; c < vocab; c += 16) {
+            const __mmask16 lanes = vocab - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (vocab - c)) - 1);
+            const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), lanes, row + c);
+            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
+            most = _mm512_max_ps(most, v);
+        }
+        const float top = _mm512_reduce_max_ps(most);
+        if (nan || top == -INFINITY) continue;
+        const int k = top_k[r] >= vocab ? 0 : (int)top_k[r];  /* keeping every token is no top-k */
+        const float floor = top - TOP_P_SPAN;
+        float bucket_mass[TOP_P_SPAN * TOP_P_BUCKETS + 1] = {0};
+        int bucket_count[TOP_P_SPAN * TOP_P_BUCKETS + 1] = {0};
+        const __m512 shift = _mm512_set1_ps(top);
+        __m512 total = _mm512_setzero_ps();
+        for (int c = 0; c < vocab; c += 16) {
+            const __mmask16 lanes = vocab - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (vocab - c)) - 1);
+            const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), lanes, row + c);
+            const __m512 e = exp16(_mm512_sub_ps(v, shift));
+            total = _mm512_add_ps(total, e);
+            __mmask16 near = _mm512_cmp_ps_mask(v, _mm512_set1_ps(floor), _CMP_GE_OQ);
+            if (near) {
+                float values[16], weights[16];
+                _mm512_storeu_ps(values, v);
+                _mm512_storeu_ps(weights, e);
+                for (; near; near &= near - 1) {
+                    const int j = __builtin_ctz(near), b = (int)((top - values[j]) * TOP_P_BUCKETS);
+                    bucket_mass[b] += weights[j];
+                    bucket_count[b]++;
+                }
+            }
+        }
+        const float mass = _mm512_reduce_add_ps(total);  /* sum of e^(logit - top) over the row */
+        if (k <= 0 && top_p[r] >= 1.0f) {  /* the whole vocabulary, in vocabulary order, as the exact path draws it */
+            const float target = uniforms[r] * mass;
+            float seen = 0.0f;
+            int chosen = -1;
+            for (int c = 0; c < vocab && chosen < 0; c += 16) {
+                const __mmask16 lanes = vocab - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (vocab - c)) - 1);
+                float weights[16];
+                _mm512_storeu_ps(weights, exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), lanes, row + c), shift)));
+                const float block = _mm512_reduce_add_ps(_mm512_loadu_ps(weights));
+                if (seen + block <= target) { seen += block; continue; }
+                for (int j = 0; j < 16 && c + j < vocab; j++) {
+                    seen += weights[j];
+                    if (seen > target && weights[j] > 0) { chosen = c + j; break; }
+                }
+            }
+            if (chosen >= 0) { tokens[r] = chosen; settled[r] = 1; }
+            continue;
+        }
+        /* the highest bucket edge above which the tokens suffice (a little slack for float sums in another order) */
+        int edge = -1, above = 0;
+        float held_above = 0.0f;
+        for (int b = 0; b <= TOP_P_SPAN * TOP_P_BUCKETS; b++) {
+            held_above += bucket_mass[b];
+            above += bucket_count[b];
+            if (k > 0 ? above >= k : held_above / mass >= top_p[r] * 1.0001f) { edge = b; break; }
+        }
+        if (edge < 0 || above > TOP_P_MOST) continue;
+        const float bar = top - (float)(edge + 1) / TOP_P_BUCKETS;  /* every token of buckets 0..edge is above it */
+        candidate kept[TOP_P_MOST];
+        int count = 0;
+        for (int c = 0; c < vocab; c++)
+            if (row[c] > bar && count < TOP_P_MOST && (int)((top - row[c]) * TOP_P_BUCKETS) <= edge) {
+                kept[count].logit = row[c]; kept[count].id = c; count++;
+            }
+        qsort(kept, count, sizeof(candidate), likelier);
+        float probs[TOP_P_MOST];
+        const int n = k > 0 && k < count ? k : count;
+        float sum = 0.0f;
+        for (int i = 0; i < n; i++) { probs[i] = expf(kept[i].logit - top) / mass; sum += probs[i]; }
+        if (k > 0) for (int i = 0; i < n; i++) probs[i] /= sum;  /* renormalized over what top-k kept */
+        float before = 0.0f;
+        int keep = 0;
+        for (int i = 0; i < n; i++) {  /* a token stays while the likelier ones hold less than top_p */
+            if (i > 0 && before >= top_p[r]) break;
+            before += probs[i];
+            keep = i + 1;
+        }
+        if (k <= 0 && before < top_p[r] && keep == n) continue;  /* float sums fell short: the exact path decides */
+        float target = uniforms[r] * before, running = 0.0f;
+        if (target >= before) target = nextafterf(before, 0.0f);
+        int chosen = keep - 1;
+        for (int i = 0; i < keep; i++) {
+            running += probs[i];
+            if (running > target) { chosen = i; break; }
+        }
+        tokens[r] = kept[chosen].id;
+        settled[r] = 1;
+    }
+}
+
 /* Each row's first largest entry, NaN counted as largest (what torch's max(dim).indices gives); bf16 or float32 rows. */
 void argmax_rows(const void* logits, int is_bf16, int64_t* out, int rows, int cols) {
     #pragma omp parallel for schedule(static) if (rows > 1)
@@ -497,7 +613,8 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
                   "rotary_bf16": [pointer, number, pointer, pointer, pointer, number, number, number],
                   "silu_mul_bf16": [pointer, pointer, number, number],
                   "write_kv_bf16": [pointer, number, pointer, number, pointer, pointer, pointer, number, number],
-                  "argmax_rows": [pointer, number, pointer, number, number]}
+                  "argmax_rows": [pointer, number, pointer, number, number],
+                  "top_p_draw": [pointer] * 6 + [number] * 2}
     for name, arguments in signatures.items():
         getattr(library, name).argtypes = arguments
         getattr(library, name).restype = None
@@ -632,6 +749,23 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
     out = torch.empty(logits.shape[0], dtype=torch.int64)
     _library()[0].argmax_rows(logits.data_ptr(), int(logits.dtype == torch.bfloat16), out.data_ptr(), *logits.shape)
     return out
+
+
+@_shown_in_profiles
+def top_p_draw(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+               uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`top_k_top_p.draw` for the rows it settles from their likeliest tokens: float32 logits [rows, vocab] (after
+    temperature), top_k [rows] (0: off), top_p [rows], uniforms [rows]. Returns the tokens and which rows were
+    settled; the others (flat rows, a top_k past the likeliest 1,024 tokens, NaN, nothing above -inf) are left
+    to the exact path."""
+    rows, vocab = logits.shape
+    logits = logits.contiguous().float()
+    top_k, top_p = top_k.to(torch.int64).contiguous(), top_p.to(torch.float32).contiguous()
+    uniforms = uniforms.to(torch.float32).contiguous()
+    tokens, settled = torch.zeros(rows, dtype=torch.int64), torch.zeros(rows, dtype=torch.int8)
+    _library()[0].top_p_draw(logits.data_ptr(), top_k.data_ptr(), top_p.data_ptr(), uniforms.data_ptr(),
+                             tokens.data_ptr(), settled.data_ptr(), rows, vocab)
+    return tokens, settled.bool()
 
 
 def decode_attention_fits(head_dim: int, query_heads_per_kv_head: int) -> bool:

@@ -37,7 +37,7 @@ class SamplerOutput:
 
 class Sampler:
     def __init__(self, seed: int | None = None, tokenizer=None, kernels: bool = False):
-        self.kernels = kernels  # greedy rows through cpu_kernels.argmax (engine/cpu_kernels.py)
+        self.kernels = kernels  # argmax and top-k/top-p draws through engine/cpu_kernels.py
         # For requests without a seed of their own. Unseeded, it starts from OS entropy, so a restarted engine
         # does not replay the same "random" replies; an engine seed makes every unseeded draw reproducible.
         self.generator = torch.Generator()
@@ -60,10 +60,14 @@ class Sampler:
         logits = logits.float() if logits.dtype != torch.float32 else logits.clone()  # .float() of bf16 is a copy
         self.constrain(logits, requests)
         logits = self._bias_and_penalize(logits, requests)
-        tokens = self._argmax(logits)
         sampled_rows = [row for row, request in enumerate(requests) if not request.params.greedy]
+        # The argmax serves greedy rows, and sampled rows left with no probability; none needed, none computed.
+        tokens = self._argmax(logits) if len(sampled_rows) < len(requests) else None
         if sampled_rows:
-            for row, token in zip(sampled_rows, self._draw(logits, requests, sampled_rows)):
+            drawn = self._draw(logits, requests, sampled_rows)  # (divides `logits` by the temperatures: same argmax)
+            if tokens is None:
+                tokens = self._argmax(logits) if None in drawn else drawn
+            for row, token in zip(sampled_rows, drawn):
                 if token is not None:
                     tokens[row] = token
         asking = [row for row, request in enumerate(requests) if request.params.logprobs is not None]
@@ -118,7 +122,7 @@ class Sampler:
         top_p = torch.tensor([p.top_p for p in params])
         uniforms = torch.cat([torch.rand(1, generator=requests[row].generator or self.generator)
                               for row in sampled_rows])
-        tokens, usable = draw(chosen.cpu(), top_k, top_p, uniforms)
+        tokens, usable = draw(chosen.cpu(), top_k, top_p, uniforms, kernels=self.kernels and chosen.device.type == "cpu")
         # A row with no probability left (every logit -inf or NaN) keeps its argmax, never an id past the
         # vocabulary.
         return [token if ok else None for token, ok in zip(tokens.tolist(), usable.tolist())]

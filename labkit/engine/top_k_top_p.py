@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu_kernels
+
 CANDIDATES = (256, 4096)  # candidate counts tried before the whole vocabulary
 
 
 def draw(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-         uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+         uniforms: torch.Tensor, kernels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [rows, vocab] (float32, after temperature; -inf for banned tokens), top_k [rows] (0 or -1: off),
-    top_p [rows] (1: off), uniforms [rows] in [0, 1).
+    top_p [rows] (1: off), uniforms [rows] in [0, 1). `kernels`: rows whose likeliest tokens settle them are
+    drawn by `cpu_kernels.top_p_draw` in one call (the same semantics, float sums in another order); the rest
+    here.
 
     Returns the tokens [rows] and whether each row had any probability to draw from (a row whose every logit
     is -inf or NaN gets False, and its token is meaningless)."""
@@ -30,6 +34,12 @@ def draw(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
     top_k = top_k.clamp(min=0, max=vocab)  # -1 (vLLM's "off") as 0
     tokens = torch.zeros(rows, dtype=torch.long)
     usable = torch.zeros(rows, dtype=torch.bool)
+    if kernels:
+        tokens, usable = cpu_kernels.top_p_draw(logits, top_k, top_p, uniforms)
+        left = (~usable).nonzero().squeeze(1)
+        if len(left):
+            tokens[left], usable[left] = draw(logits[left], top_k[left], top_p[left], uniforms[left])
+        return tokens, usable
     truncated = (top_k > 0) | (top_p < 1)
     whole = (~truncated).nonzero().squeeze(1)
     if len(whole):
