@@ -74,7 +74,8 @@ class LLMEngine:
         self.runner = ModelRunner(model, self.config)
         self.scheduler = Scheduler(self.config, BlockManager(self.runner.cache.num_pages, self.config.page_size,
                                                              self.config.enable_prefix_caching))
-        self.sampler = Sampler(self.config.seed, tokenizer, kernels=self.runner.lean is not None and self.runner.lean.kernels)
+        kernels = self.runner.lean is not None and self.runner.lean.kernels  # the sampler's argmax and draws too
+        self.sampler = Sampler(self.config.seed, tokenizer, kernels=kernels)
         self.outputs = OutputProcessor(tokenizer)
         self.max_model_len = self._max_model_len(model.config)
         self.vocab_size = model.get_input_embeddings().num_embeddings

@@ -122,7 +122,8 @@ class Sampler:
         top_p = torch.tensor([p.top_p for p in params])
         uniforms = torch.cat([torch.rand(1, generator=requests[row].generator or self.generator)
                               for row in sampled_rows])
-        tokens, usable = draw(chosen.cpu(), top_k, top_p, uniforms, kernels=self.kernels and chosen.device.type == "cpu")
+        on_cpu = chosen.device.type == "cpu"
+        tokens, usable = draw(chosen.cpu(), top_k, top_p, uniforms, kernels=self.kernels and on_cpu)
         # A row with no probability left (every logit -inf or NaN) keeps its argmax, never an id past the
         # vocabulary.
         return [token if ok else None for token, ok in zip(tokens.tolist(), usable.tolist())]
