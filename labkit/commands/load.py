@@ -83,6 +83,14 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"  model         {cpu.model}")
     print(f"  cores         {cpu.physical_cores} physical, {cpu.logical_cores} logical")
     print(f"  memory        {cpu.memory_total_bytes / 2**30:.1f} GiB")
+    from ..engine import cpu_kernels
+
+    missing = cpu_kernels.unavailable_reason()  # compiles them on first use (under a second), as the engine would
+    if missing:
+        print(f"  kernels       torch's ops for bf16 models: {missing}")
+    else:
+        matmul = "AMX tiles for every matmul" if cpu_kernels.amx_available() else "AVX512-BF16, oneDNN past 8 tokens"
+        print(f"  kernels       labkit's own for bf16 models ({matmul})")
 
 
 def add_load_commands(commands) -> None:

@@ -52,6 +52,11 @@ def test_cli_models_and_info():
     assert "torch" in info.stdout and "CPU" in info.stdout and "cores" in info.stdout
     if not torch.cuda.is_available():
         assert "NVML not available" in info.stdout
+    from labkit.engine import cpu_kernels
+
+    kernels = next(line for line in info.stdout.splitlines() if line.strip().startswith("kernels"))
+    reason = cpu_kernels.unavailable_reason()
+    assert (reason in kernels) if reason else (("AMX" in kernels) is cpu_kernels.amx_available())
 
 
 def test_an_encoder_given_to_the_engine_is_the_users_mistake_not_a_bug(default_encoder):
