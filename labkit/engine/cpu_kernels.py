@@ -71,6 +71,37 @@ static inline void finish16(__m512 sum, const uint16_t* bias, const uint16_t* re
     _mm256_mask_storeu_epi16(out, lanes, (__m256i)_mm512_cvtneps_pbh(sum));
 }
 
+/* e^x for 16 floats (Cephes' polynomial, within about 1 float ulp): 0 below -88.7, infinity above 88.7. */
+static inline __m512 exp16(__m512 x) {
+    const __mmask16 gone = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.7f), _CMP_LT_OQ);
+    const __mmask16 huge = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.7f), _CMP_GT_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.7f)), _mm512_set1_ps(88.7f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_add_ps(_mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x), _mm512_set1_ps(1.0f));
+    return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(~gone, _mm512_scalef_ps(y, n)), huge, _mm512_set1_ps(INFINITY));
+}
+
+/* bf16(silu(g)) * up for 16 bf16-exact floats, before its final rounding: F.silu(gate) * up. The sigmoid from
+   e = e^-|g| (never overflows): 1 / (1 + e) for g >= 0, e / (1 + e) below; the reciprocal by one Newton step
+   from vrcp14 (a division costs 4x as much, for bits bf16 drops). */
+static inline __m512 silu_times16(__m512 g, __m512 up) {
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
+    const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), e);
+    __m512 r = _mm512_rcp14_ps(d);
+    r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+    const __mmask16 negative = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mul_ps(round16(_mm512_mul_ps(g, _mm512_mask_mul_ps(r, negative, r, e))), up);
+}
+
 /* out[n] = sum_k weight[n, k] * x[k] (+ bias[n]) (+ residual[n]); weight row-major [rows, cols], all bf16. */
 void gemv_bf16(const uint16_t* weight, const uint16_t* x, const uint16_t* bias, const uint16_t* residual,
                uint16_t* out, int rows, int cols) {
@@ -168,7 +199,7 @@ void amx_pack_bf16(const uint16_t* weight, uint16_t* packed, int rows, int cols)
 #define AMX_ROWS 256
 __attribute__((target("amx-tile,amx-bf16")))
 void amx_linear_bf16(const uint16_t* packed, const uint16_t* x, const uint16_t* bias, const uint16_t* residual,
-                     uint16_t* out, int m_rows, int rows, int cols) {
+                     uint16_t* out, int m_rows, int rows, int cols, int gated) {
     const int nblocks = (rows + 15) / 16, kblocks = (cols + 31) / 32, kpad = kblocks * 32, mpad = (m_rows + 15) & ~15;
     const int in_place = cols == kpad ? m_rows & ~15 : 0;  /* rows of x read where they are */
     uint16_t* xs = NULL;
@@ -212,6 +243,12 @@ void amx_linear_bf16(const uint16_t* packed, const uint16_t* x, const uint16_t* 
                     _tile_stored(2, result + 512, 128); _tile_stored(3, result + 512 + 16, 128);
                     const int mcount = m_rows - m0 < 32 ? m_rows - m0 : 32;
                     const int ncount = rows - nb * 16 < 32 ? rows - nb * 16 : 32;
+                    if (gated) {  /* blocks nb, nb + 1 are gate and up block nb / 2: out [m, rows / 2] = silu(g) * u */
+                        for (int m = 0; m < mcount; m++)
+                            _mm256_storeu_si256((__m256i*)(out + (size_t)(m0 + m) * (rows / 2) + nb / 2 * 16), (__m256i)_mm512_cvtneps_pbh(
+                                silu_times16(round16(_mm512_loadu_ps(result + m * 32)), round16(_mm512_loadu_ps(result + m * 32 + 16)))));
+                        continue;
+                    }
                     for (int m = 0; m < mcount; m++)
                         for (int n = 0; n < ncount; n += 16) {
                             const size_t at = (size_t)(m0 + m) * rows + nb * 16 + n;
@@ -229,24 +266,6 @@ void amx_linear_bf16(const uint16_t* packed, const uint16_t* x, const uint16_t* 
 
 static inline __m512 load16_bf16(const uint16_t* p) { return widen16(p, (__mmask16)0xffff); }
 
-/* e^x for 16 floats (Cephes' polynomial, within about 1 float ulp): 0 below -88.7, infinity above 88.7. */
-static inline __m512 exp16(__m512 x) {
-    const __mmask16 gone = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.7f), _CMP_LT_OQ);
-    const __mmask16 huge = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.7f), _CMP_GT_OQ);
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.7f)), _mm512_set1_ps(88.7f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_add_ps(_mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x), _mm512_set1_ps(1.0f));
-    return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(~gone, _mm512_scalef_ps(y, n)), huge, _mm512_set1_ps(INFINITY));
-}
 
 /* The sums of each of 16 vectors, as one vector (a transposing tree of adds). */
 static inline __m512 sum16x16(const __m512* v) {
@@ -551,15 +570,7 @@ void silu_mul_bf16(const uint16_t* gate_up, uint16_t* out, int tokens, int inner
             const __mmask16 lanes = inner - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (inner - i)) - 1);
             const __m512 g = widen16(gate_up + (size_t)t * 2 * inner + i, lanes);
             const __m512 up = widen16(gate_up + (size_t)t * 2 * inner + inner + i, lanes);
-            /* sigmoid(g) from e = e^-|g| (never overflows): 1 / (1 + e) for g >= 0, e / (1 + e) below; the
-               reciprocal by one Newton step from vrcp14 (a division costs 4x as much, for bits bf16 drops) */
-            const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
-            const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), e);
-            __m512 r = _mm512_rcp14_ps(d);
-            r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-            const __mmask16 negative = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
-            const __m512 silu = _mm512_mul_ps(g, _mm512_mask_mul_ps(r, negative, r, e));
-            _mm256_mask_storeu_epi16(out + (size_t)t * inner + i, lanes, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(round16(silu), up)));
+            _mm256_mask_storeu_epi16(out + (size_t)t * inner + i, lanes, (__m256i)_mm512_cvtneps_pbh(silu_times16(g, up)));
         }
 }
 """
@@ -611,7 +622,7 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
     signatures = {"gemv_bf16": [pointer] * 5 + [number] * 2,
                   "gemm_few_bf16": [pointer] * 5 + [number] * 3,
                   "amx_pack_bf16": [pointer, pointer, number, number],
-                  "amx_linear_bf16": [pointer] * 5 + [number] * 3,
+                  "amx_linear_bf16": [pointer] * 5 + [number] * 4,
                   "decode_attention_bf16": [pointer, number, pointer, pointer, pointer, number, pointer, pointer,
                                             number, number, number, number, number, ctypes.c_float],
                   "rms_norm_bf16": [pointer, pointer, ctypes.c_float, pointer, number, number],
@@ -673,10 +684,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class AmxWeight:
-    """A bfloat16 weight [out, cols] reordered once into AMX tiles for `linear_amx` (the same bytes, padded)."""
+    """A bfloat16 weight [out, cols] reordered once into AMX tiles for `linear_amx` (the same bytes, padded).
 
-    def __init__(self, weight: torch.Tensor):
+    `gated`: the weight is [gate; up] (an MLP's two projections stacked, each `out / 2` rows, a multiple of 16),
+    and `linear_amx` returns silu(x @ gate.T) * (x @ up.T) [rows, out / 2] in the same pass, with the roundings
+    of three torch ops (the products, F.silu, the multiplication): the tiles interleave gate and up blocks so
+    each thread holds a gate block beside its up block."""
+
+    def __init__(self, weight: torch.Tensor, gated: bool = False):
         assert weight.dtype == torch.bfloat16 and weight.dim() == 2
+        self.gated = gated
+        if gated:
+            inner = weight.shape[0] // 2
+            assert weight.shape[0] == 2 * inner and inner % 16 == 0, "gated: [gate; up] with a multiple of 16 rows each"
+            weight = weight.reshape(2, inner // 16, 16, weight.shape[1]).transpose(0, 1).reshape(weight.shape)
         self.out_features, self.in_features = weight.shape
         blocks = -(-self.out_features // 16) * -(-self.in_features // 32)
         self.tiles = torch.empty(blocks * 512, dtype=torch.bfloat16)
@@ -687,12 +708,15 @@ class AmxWeight:
 @_shown_in_profiles
 def linear_amx(x: torch.Tensor, weight: AmxWeight, bias: torch.Tensor | None = None,
                residual: torch.Tensor | None = None) -> torch.Tensor:
-    """`linear` for any number of rows, through the AMX tile unit, with the weight from `AmxWeight`."""
+    """`linear` for any number of rows, through the AMX tile unit, with the weight from `AmxWeight` (for a gated
+    one: silu(gate) * up, no bias or residual)."""
+    assert not (weight.gated and (bias is not None or residual is not None))
     x = x.contiguous()
-    out = torch.empty((x.shape[0], weight.out_features), dtype=torch.bfloat16)
+    width = weight.out_features // 2 if weight.gated else weight.out_features
+    out = torch.empty((x.shape[0], width), dtype=torch.bfloat16)
     _library()[0].amx_linear_bf16(weight.tiles.data_ptr(), x.data_ptr(), 0 if bias is None else bias.data_ptr(),
                                   0 if residual is None else residual.contiguous().data_ptr(), out.data_ptr(),
-                                  x.shape[0], weight.out_features, weight.in_features)
+                                  x.shape[0], weight.out_features, weight.in_features, int(weight.gated))
     return out
 
 

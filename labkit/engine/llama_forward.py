@@ -57,14 +57,15 @@ class Projection:
     results are compared bit for bit with transformers); other dtypes concatenate the weights once (a copy),
     and bfloat16 on a CPU reorders that copy once for oneDNN. With `kernels` on a CPU with AMX, the weight is
     reordered once into AMX tiles instead, and every step multiplies through `cpu_kernels.linear_amx` (no
-    oneDNN copy); without AMX, a step of a few tokens multiplies the plain bfloat16 weight through
-    `cpu_kernels.linear` (which then keeps the concatenated copy beside the packed one).
+    oneDNN copy; with `gated`, an MLP's gate and up projections return silu(gate) * up from the same pass);
+    without AMX, a step of a few tokens multiplies the plain bfloat16 weight through `cpu_kernels.linear`
+    (which then keeps the concatenated copy beside the packed one).
     """
 
-    def __init__(self, linears, pack: bool, batch_hint: int, kernels: bool = False):
+    def __init__(self, linears, pack: bool, batch_hint: int, kernels: bool = False, gated: bool = False):
         self.linears = list(linears)
         self.packed = self.amx = None
-        self.kernels = False
+        self.kernels = self.gated = False
         weights = [lin.weight.detach() for lin in self.linears]
         biases = [lin.bias.detach() if lin.bias is not None else None for lin in self.linears]
         self.fused = weights[0].dtype != torch.float32 or len(weights) == 1
@@ -77,9 +78,10 @@ class Projection:
             self.bias = None
         on_cpu_bf16 = self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu"
         self.kernels = kernels and on_cpu_bf16 and self.weight.is_contiguous()
-        self.amx = cpu_kernels.AmxWeight(self.weight) if self.kernels and cpu_kernels.amx_available() else None
-        if self.amx is not None:  # the tiles serve every batch size: no oneDNN copy, no concatenated one
-            self.weight = None
+        if self.kernels and cpu_kernels.amx_available():  # the tiles serve every batch size: no oneDNN copy
+            # gated (an MLP's gate and up): silu(gate) * up comes out of the same pass
+            self.gated = gated and self.bias is None and (self.weight.shape[0] // 2) % 16 == 0
+            self.amx, self.weight = cpu_kernels.AmxWeight(self.weight, gated=self.gated), None
             return
         if pack and on_cpu_bf16 and packing_available():
             packed = pack_weight(self.weight, batch_hint)
@@ -108,7 +110,7 @@ class _Layer:
         attention, mlp = layer.self_attn, layer.mlp
         self.qkv = Projection((attention.q_proj, attention.k_proj, attention.v_proj), pack, batch_hint, kernels)
         self.o = Projection((attention.o_proj,), pack, batch_hint, kernels)
-        self.gate_up = Projection((mlp.gate_proj, mlp.up_proj), pack, batch_hint, kernels)
+        self.gate_up = Projection((mlp.gate_proj, mlp.up_proj), pack, batch_hint, kernels, gated=True)
         self.down = Projection((mlp.down_proj,), pack, batch_hint, kernels)
         self.input_norm = layer.input_layernorm
         self.post_norm = layer.post_attention_layernorm
@@ -160,7 +162,8 @@ class LlamaForward:
             q, k = qk.split((heads, kv_heads), dim=1)
             out = self.attention.attend_layer(index, q.transpose(0, 1), k, v, layer.scaling)  # [tokens, heads, head_dim]
             h = layer.o(out.reshape(tokens, heads * head_dim), residual=h)
-            h = layer.down(self._silu_mul(layer.gate_up(self._norm(h, layer.post_norm))), residual=h)
+            hidden = layer.gate_up(self._norm(h, layer.post_norm))
+            h = layer.down(hidden if layer.gate_up.gated else self._silu_mul(hidden), residual=h)
         return self.lm_head(self._norm(h.index_select(0, keep), self.final_norm))
 
     def _norm(self, x: torch.Tensor, norm) -> torch.Tensor:

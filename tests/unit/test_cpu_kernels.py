@@ -55,6 +55,17 @@ def test_linear_adds_the_residual_after_rounding_the_product_like_two_torch_ops(
 
 
 @needs_amx
+@pytest.mark.parametrize("tokens", [1, 5, 40])
+def test_a_gated_amx_weight_gives_silu_gate_times_up_as_the_two_step_kernels_do(tokens):
+    weight, x = bf16(2 * 1536, 576, seed=20, scale=0.05), bf16(tokens, 576, seed=21)
+    fused = cpu_kernels.linear_amx(x, cpu_kernels.AmxWeight(weight, gated=True))
+    assert torch.equal(fused, cpu_kernels.silu_mul(_tiles(x, weight)))  # same roundings, one pass
+    gate, up = F.linear(x, weight).chunk(2, dim=-1)
+    expected = F.silu(gate) * up
+    assert fused.shape == (tokens, 1536) and (fused != expected).float().mean() < 0.01
+
+
+@needs_amx
 def test_amx_tiles_hold_the_weight_padded_to_whole_tiles():
     weight = bf16(17, 33, seed=9)
     tiles = cpu_kernels.AmxWeight(weight).tiles.view(2, 2, 16, 16, 2)  # [n blocks, k blocks, k pairs, n, 2]
