@@ -57,6 +57,9 @@ static inline uint16_t finish(float sum, const uint16_t* bias, int column, const
     return to_bf16(sum);
 }
 
+static inline __mmask16 lanes16(int left) {  /* the lanes of a 16-wide step with `left` elements to go */
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
 static inline __m512 widen16(const uint16_t* p, __mmask16 lanes) {  /* 16 bf16 -> 16 float */
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, p)), 16));
 }
@@ -242,17 +245,17 @@ void amx_linear_bf16(const uint16_t* packed, const uint16_t* x, const uint16_t* 
                     _tile_stored(0, result, 128); _tile_stored(1, result + 16, 128);
                     _tile_stored(2, result + 512, 128); _tile_stored(3, result + 512 + 16, 128);
                     const int mcount = m_rows - m0 < 32 ? m_rows - m0 : 32;
-                    const int ncount = rows - nb * 16 < 32 ? rows - nb * 16 : 32;
                     if (gated) {  /* blocks nb, nb + 1 are gate and up block nb / 2: out [m, rows / 2] = silu(g) * u */
                         for (int m = 0; m < mcount; m++)
                             _mm256_storeu_si256((__m256i*)(out + (size_t)(m0 + m) * (rows / 2) + nb / 2 * 16), (__m256i)_mm512_cvtneps_pbh(
                                 silu_times16(round16(_mm512_loadu_ps(result + m * 32)), round16(_mm512_loadu_ps(result + m * 32 + 16)))));
                         continue;
                     }
+                    const int ncount = rows - nb * 16 < 32 ? rows - nb * 16 : 32;
                     for (int m = 0; m < mcount; m++)
                         for (int n = 0; n < ncount; n += 16) {
                             const size_t at = (size_t)(m0 + m) * rows + nb * 16 + n;
-                            const __mmask16 lanes = ncount - n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ncount - n)) - 1);
+                            const __mmask16 lanes = lanes16(ncount - n);
                             finish16(_mm512_loadu_ps(result + m * 32 + n), bias ? bias + nb * 16 + n : 0,
                                      residual ? residual + at : 0, out + at, lanes);
                         }
@@ -266,7 +269,6 @@ void amx_linear_bf16(const uint16_t* packed, const uint16_t* x, const uint16_t* 
 
 static inline __m512 load16_bf16(const uint16_t* p) { return widen16(p, (__mmask16)0xffff); }
 
-
 /* The sums of each of 16 vectors, as one vector (a transposing tree of adds). */
 static inline __m512 sum16x16(const __m512* v) {
     __m512 t[8], u[4];
@@ -279,11 +281,6 @@ static inline __m512 sum16x16(const __m512* v) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
 }
 
-/* Decode attention straight from the paged cache: request i's one query [heads, dim] (row stride q_stride)
-   attends to its first lengths[i] cached tokens, found through pages[i * max_pages + p]; caches are
-   [pages, page_size, kv_heads, dim]. 16 tokens at a time: their scores as one vector (bf16 pair products
-   summed in float32), an online softmax in float32, values accumulated in float32, the output rounded once to
-   bf16. dim % 16 == 0, dim <= 128, heads / kv_heads <= 8. */
 /* Decode attention straight from the paged cache: request i's one query [heads, dim] (row stride q_stride)
    attends to its first lengths[i] cached tokens, found through pages[i * max_pages + p]; caches are
    [pages, page_size, kv_heads, dim]. 16 tokens at a time: their scores as one vector (bf16 pair products
@@ -369,13 +366,13 @@ void rms_norm_bf16(const uint16_t* x, const uint16_t* weight, float eps, uint16_
         const uint16_t* row = x + (size_t)r * cols;
         __m512 squares = _mm512_setzero_ps();
         for (int c = 0; c < cols; c += 16) {
-            const __mmask16 lanes = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
+            const __mmask16 lanes = lanes16(cols - c);
             const __m512 v = widen16(row + c, lanes);
             squares = _mm512_fmadd_ps(v, v, squares);
         }
         const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(squares) / cols + eps));
         for (int c = 0; c < cols; c += 16) {
-            const __mmask16 lanes = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
+            const __mmask16 lanes = lanes16(cols - c);
             const __m512 normed = round16(_mm512_mul_ps(widen16(row + c, lanes), scale));
             _mm256_mask_storeu_epi16(out + (size_t)r * cols + c, lanes,
                                      (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(widen16(weight + c, lanes), normed)));
@@ -445,7 +442,7 @@ void top_p_draw(const float* logits, const int64_t* top_k, const float* top_p, c
         __m512 most = _mm512_set1_ps(-INFINITY);
         int nan = 0;
         for (int c = 0; c < vocab; c += 16) {
-            const __mmask16 lanes = vocab - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (vocab - c)) - 1);
+            const __mmask16 lanes = lanes16(vocab - c);
             const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), lanes, row + c);
             nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
             most = _mm512_max_ps(most, v);
@@ -459,7 +456,7 @@ void top_p_draw(const float* logits, const int64_t* top_k, const float* top_p, c
         const __m512 shift = _mm512_set1_ps(top);
         __m512 total = _mm512_setzero_ps();
         for (int c = 0; c < vocab; c += 16) {
-            const __mmask16 lanes = vocab - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (vocab - c)) - 1);
+            const __mmask16 lanes = lanes16(vocab - c);
             const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), lanes, row + c);
             const __m512 e = exp16(_mm512_sub_ps(v, shift));
             total = _mm512_add_ps(total, e);
@@ -481,7 +478,7 @@ void top_p_draw(const float* logits, const int64_t* top_k, const float* top_p, c
             float seen = 0.0f;
             int chosen = -1;
             for (int c = 0; c < vocab && chosen < 0; c += 16) {
-                const __mmask16 lanes = vocab - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (vocab - c)) - 1);
+                const __mmask16 lanes = lanes16(vocab - c);
                 float weights[16];
                 _mm512_storeu_ps(weights, exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), lanes, row + c), shift)));
                 const float block = _mm512_reduce_add_ps(_mm512_loadu_ps(weights));
@@ -545,7 +542,7 @@ void argmax_rows(const void* logits, int is_bf16, int64_t* out, int rows, int co
         const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         int64_t nan_at = -1;
         for (int c = 0; c < cols; c += 16) {
-            const __mmask16 lanes = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
+            const __mmask16 lanes = lanes16(cols - c);
             const __m512 v = is_bf16 ? widen16((const uint16_t*)logits + (size_t)r * cols + c, lanes)
                                      : _mm512_maskz_loadu_ps(lanes, (const float*)logits + (size_t)r * cols + c);
             const __mmask16 nan = _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q);
@@ -567,7 +564,7 @@ void silu_mul_bf16(const uint16_t* gate_up, uint16_t* out, int tokens, int inner
     #pragma omp parallel for schedule(static) if (tokens > 4)
     for (int t = 0; t < tokens; t++)
         for (int i = 0; i < inner; i += 16) {
-            const __mmask16 lanes = inner - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (inner - i)) - 1);
+            const __mmask16 lanes = lanes16(inner - i);
             const __m512 g = widen16(gate_up + (size_t)t * 2 * inner + i, lanes);
             const __m512 up = widen16(gate_up + (size_t)t * 2 * inner + inner + i, lanes);
             _mm256_mask_storeu_epi16(out + (size_t)t * inner + i, lanes, (__m256i)_mm512_cvtneps_pbh(silu_times16(g, up)));
@@ -785,8 +782,8 @@ def top_p_draw(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`top_k_top_p.draw` for the rows it settles from their likeliest tokens: float32 logits [rows, vocab] (after
     temperature), top_k [rows] (0: off), top_p [rows], uniforms [rows]. Returns the tokens and which rows were
-    settled; the others (flat rows, a top_k past the likeliest 1,024 tokens, NaN, nothing above -inf) are left
-    to the exact path."""
+    settled; the others (flat rows, more than 2,048 tokens above the edge that settles them, NaN, nothing above
+    -inf) are left to the exact path."""
     rows, vocab = logits.shape
     logits = logits.contiguous().float()
     top_k, top_p = top_k.to(torch.int64).contiguous(), top_p.to(torch.float32).contiguous()

@@ -32,14 +32,14 @@ def draw(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
     is -inf or NaN gets False, and its token is meaningless)."""
     rows, vocab = logits.shape
     top_k = top_k.clamp(min=0, max=vocab)  # -1 (vLLM's "off") as 0
-    tokens = torch.zeros(rows, dtype=torch.long)
-    usable = torch.zeros(rows, dtype=torch.bool)
     if kernels:
         tokens, usable = cpu_kernels.top_p_draw(logits, top_k, top_p, uniforms)
         left = (~usable).nonzero().squeeze(1)
         if len(left):
             tokens[left], usable[left] = draw(logits[left], top_k[left], top_p[left], uniforms[left])
         return tokens, usable
+    tokens = torch.zeros(rows, dtype=torch.long)
+    usable = torch.zeros(rows, dtype=torch.bool)
     truncated = (top_k > 0) | (top_p < 1)
     whole = (~truncated).nonzero().squeeze(1)
     if len(whole):
