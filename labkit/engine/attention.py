@@ -13,6 +13,8 @@ pages (one row copy per token) and attends per request:
   pages in place, through its block table, in one call per layer: no gathered copy and no mask.
 * prefill chunks attend with SDPA: a prompt's first chunk over its own fresh keys (causal), a later chunk
   (a long prompt, or one whose start came from the prefix cache) over its pages gathered from the cache.
+  With labkit's CPU kernels every chunk of the step attends in one call per layer instead, each reading its
+  context (its own keys included, written just before) from the cache through a list of slots.
 
 Models that never call the interface (or calls outside an engine step) fall back to plain SDPA.
 """
@@ -53,6 +55,7 @@ class AttentionBatch:
     decode_table: torch.Tensor | None = None  # [decodes, most pages] for labkit's CPU kernel, instead of the two above
     decode_lengths: torch.Tensor | None = None  # [decodes] tokens each decode attends to (its new one included)
     prefills: tuple[PrefillChunk, ...] = ()
+    prefill_table: tuple[torch.Tensor, torch.Tensor] | None = None  # cpu_kernels.prefill_attention's slots and chunks
 
 
 class PagedAttention:
@@ -65,7 +68,8 @@ class PagedAttention:
         self.groups = num_heads // self.num_kv_heads
         self.layer_of: dict[int, int] = {}  # id(attention module) -> layer index, in call order
         self.batch: AttentionBatch | None = None
-        self.kernels = False  # decodes attend through cpu_kernels.decode_attention (set by the model runner)
+        # decodes attend through cpu_kernels.decode_attention, prefills through prefill_attention (set by the model runner)
+        self.kernels = False
 
     def attend(self, module, query, key, value, scaling: float | None) -> torch.Tensor:
         """transformers' layout in and out: query [1, heads, tokens, d], key/value [1, kv_heads, tokens, d]."""
@@ -89,9 +93,32 @@ class PagedAttention:
         out = q.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [tokens, heads, head_dim]
         if batch.num_decode:
             out[:batch.num_decode] = self._decode(q[:, :batch.num_decode], keys, values, scale)
+        if self.kernels and cpu_kernels.prefill_attention_fits(q.shape[2]):
+            slots, chunks = self._prefill_table(keys.shape[1])
+            cpu_kernels.prefill_attention(q.transpose(0, 1), keys, values, slots, chunks, out, scale)
+            return out
         for chunk in batch.prefills:
             out[chunk.start:chunk.end] = self._prefill(chunk, q, new_keys, new_values, keys, values, scale)
         return out
+
+    def _prefill_table(self, page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every prefill chunk's context as cache slots, for the kernel: a first chunk's are its own write slots
+        (written just before), a later chunk's run through its pages. Built by the step's first layer, the same
+        for every other."""
+        batch = self.batch
+        if batch.prefill_table is None:
+            contexts, rows, taken = [], [], 0
+            for chunk in batch.prefills:
+                if chunk.context_pages is None:
+                    context = batch.write_slots[chunk.start:chunk.end]
+                else:
+                    offsets = torch.arange(page_size, device=chunk.context_pages.device)
+                    context = (chunk.context_pages.unsqueeze(1) * page_size + offsets).reshape(-1)[:chunk.context_len]
+                rows.append((chunk.start, chunk.end - chunk.start, len(context), taken))
+                contexts.append(context)
+                taken += len(context)
+            batch.prefill_table = (torch.cat(contexts).to(torch.int64), torch.tensor(rows, dtype=torch.int64))
+        return batch.prefill_table
 
     def _decode(self, q, keys, values, scale: float) -> torch.Tensor:
         batch = self.batch
