@@ -15,8 +15,8 @@ the default model's weights: 10.7 ms for one token, 15.8 for 64, oneDNN 14.4 and
 `silu_mul`, `write_kv` and `argmax` do in one call what torch does in two to ten ops, with the same roundings;
 `decode_attention` reads each decoding request's KV pages in place, 16 tokens at a time with an online softmax
 (about 2x SDPA over a gathered copy, and as close to the exact result); `prefill_attention` does every prefill
-chunk of a step in one call, 16 queries of a head against 16 cached keys at a time (about 1.9x SDPA called per
-chunk on a burst of 32 chat prompts); `top_p_draw` draws top-k/top-p tokens for the rows it can settle from
+chunk of a step in one call, 16 queries of a head against 16 cached keys at a time, through the AMX tiles where
+there are some (a burst of 32 chat prompts: about 3.3x SDPA called per chunk, 1.9x with vdpbf16ps alone); `top_p_draw` draws top-k/top-p tokens for the rows it can settle from
 their likeliest logits.
 
 Results are float32 sums rounded once to bfloat16, like torch's, but summed in another order, so a value can
@@ -365,117 +365,257 @@ void decode_attention_bf16(const uint16_t* q, int q_stride, const uint16_t* keys
    chunks[c] = (its first row in q and out, its tokens, its context length, its first entry in `slots`): its
    context's cache slots are slots[first ..], the chunk's own tokens last (written before attention runs), and
    query t, at position context - tokens + t, attends causally to slots 0 .. that position. Each task is one
-   query head's tile of up to 16 queries, so a burst of short prompts still splits over the threads. The tile is
-   kept transposed (a vector holds 16 queries): scores as dpbf16 of the queries' dimension pairs with one key's
-   pair broadcast, an online softmax per lane (no horizontal reductions), probabilities rounded to bf16 before
-   they weigh the values and summed in float32 before (as SDPA does), the output scaled by 1 / sum and rounded
-   once. dim % 32 == 0, dim <= 128. */
+   query head's tile of up to 16 queries, so a burst of short prompts still splits over the threads. Scores are
+   kept transposed (a vector holds one key's score for the 16 queries): an online softmax per lane, no
+   horizontal reductions; probabilities rounded to bf16 before they weigh the values and summed in float32
+   before (as SDPA does), the output scaled by 1 / sum and rounded once. dim % 32 == 0, dim <= 128. */
 #define PREFILL_TILE 16
-static void prefill_tile(const uint16_t* q, int q_stride, const uint16_t* keys, const uint16_t* values,
+typedef struct {
+    uint32_t queries[64][PREFILL_TILE] __attribute__((aligned(64)));  /* [dimension pair][query] */
+    uint32_t keys[16][64] __attribute__((aligned(64)));              /* [key][dimension pair] */
+    uint32_t value_pairs[8][128] __attribute__((aligned(64)));       /* [key pair][dimension]: (v[2i][d], v[2i+1][d]) */
+    float total[128][PREFILL_TILE] __attribute__((aligned(64)));      /* the AVX path's output, [dimension][query] */
+    float rows[PREFILL_TILE][128] __attribute__((aligned(64)));       /* the AMX path's output, [query][dimension] */
+    float scratch[16][16] __attribute__((aligned(64)));
+    uint16_t weights[16][16] __attribute__((aligned(64)));           /* the AMX path's probabilities, [query][key] */
+} prefill_tile_state;
+
+static inline void transpose16(__m512i r[16]) {  /* r[a] element b -> r[b] element a, 32-bit elements */
+    __m512i t[16], u[16];
+    for (int k = 0; k < 8; k++) {
+        t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 4; k++) {
+        u[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+        u[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        const __m512i x = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), y = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+        const __m512i x1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD), y1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+        r[c] = _mm512_shuffle_i32x4(x, y, 0x88);
+        r[4 + c] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(x, y, 0xDD);
+        r[12 + c] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
+    }
+}
+
+/* The tile's queries as dimension pairs: queries[i][m] = (q[m][2i], q[m][2i + 1]), zeros past `count`. */
+static inline void prefill_queries(prefill_tile_state* s, const uint16_t* q, int q_stride, int row, int count, int dim) {
+    for (int i0 = 0; i0 < dim / 2; i0 += 16) {
+        __m512i r[16];
+        for (int m = 0; m < 16; m++)
+            r[m] = m < count ? _mm512_loadu_si512(q + (size_t)(row + m) * q_stride + 2 * i0) : _mm512_setzero_si512();
+        transpose16(r);
+        for (int i = 0; i < 16; i++) _mm512_store_si512(s->queries[i0 + i], r[i]);
+    }
+}
+
+/* Keys k0 .. k0 + kcount - 1 of KV head `kv` side by side, and their values as pairs of rows; zeros past kcount. */
+static inline void prefill_block(prefill_tile_state* s, const uint16_t* keys, const uint16_t* values,
+                                 const int64_t* context_slots, int k0, int kcount, int kv, int kv_heads, int dim) {
+    const __m512i pair_up = _mm512_setr_epi32(0x200000, 0x210001, 0x220002, 0x230003, 0x240004, 0x250005, 0x260006,
+                                              0x270007, 0x280008, 0x290009, 0x2a000a, 0x2b000b, 0x2c000c, 0x2d000d,
+                                              0x2e000e, 0x2f000f);  /* 16-bit lanes a[0], b[0], a[1], b[1], ... */
+    const __m512i upper = _mm512_add_epi16(pair_up, _mm512_set1_epi16(16));  /* the same from a[16], b[16] */
+    for (int j = 0; j < 16; j += 2) {
+        const uint16_t* k[2];
+        const uint16_t* v[2];
+        for (int r = 0; r < 2; r++) {
+            const size_t at = j + r < kcount ? ((size_t)context_slots[k0 + j + r] * kv_heads + kv) * dim : 0;
+            k[r] = j + r < kcount ? keys + at : 0;
+            v[r] = j + r < kcount ? values + at : 0;
+        }
+        for (int d = 0; d < dim; d += 32) {
+            __m512i b[2];
+            for (int r = 0; r < 2; r++) {
+                _mm512_store_si512(s->keys[j + r] + d / 2, k[r] ? _mm512_loadu_si512(k[r] + d) : _mm512_setzero_si512());
+                b[r] = v[r] ? _mm512_loadu_si512(v[r] + d) : _mm512_setzero_si512();
+            }
+            _mm512_store_si512(s->value_pairs[j / 2] + d, _mm512_permutex2var_epi16(b[0], pair_up, b[1]));
+            _mm512_store_si512(s->value_pairs[j / 2] + d + 16, _mm512_permutex2var_epi16(b[0], upper, b[1]));
+        }
+    }
+}
+
+/* The online softmax over one block of transposed scores: masks what each query may not see, scales, and
+   turns scores[j] into e^(score - running max); returns the factor earlier sums shrink by. */
+static inline __m512 prefill_softmax(__m512 scores[16], int k0, int first_position, float scale, __m512* best, __m512* norm) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 top = *best;
+    for (int j = 0; j < 16; j++) {  /* key k0 + j is seen by the queries at or after its position */
+        const __mmask16 sees = _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32(k0 + j - first_position));
+        scores[j] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), sees, _mm512_mul_ps(scores[j], _mm512_set1_ps(scale)));
+        top = _mm512_max_ps(top, scores[j]);
+    }
+    const __m512 shrink = exp16(_mm512_sub_ps(*best, top));  /* 0 for the first block (best = -inf) */
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < 16; j++) {
+        scores[j] = exp16(_mm512_sub_ps(scores[j], top));
+        sum = _mm512_add_ps(sum, scores[j]);
+    }
+    *best = top;
+    *norm = _mm512_fmadd_ps(*norm, shrink, sum);
+    return shrink;
+}
+
+typedef struct { int chunk, head, t0; } prefill_task;
+
+static prefill_task* prefill_tasks(const int64_t* chunks, int num_chunks, int heads, int* count) {
+    int tasks = 0;
+    for (int c = 0; c < num_chunks; c++) tasks += heads * (int)((chunks[c * 4 + 1] + PREFILL_TILE - 1) / PREFILL_TILE);
+    prefill_task* list = (prefill_task*)malloc(sizeof(prefill_task) * (tasks ? tasks : 1));
+    for (int c = 0, t = 0; c < num_chunks; c++)
+        for (int h = 0; h < heads; h++)
+            for (int t0 = 0; t0 < chunks[c * 4 + 1]; t0 += PREFILL_TILE, t++) list[t] = (prefill_task){c, h, t0};
+    *count = tasks;
+    return list;
+}
+
+/* One task with vdpbf16ps: scores as the queries' dimension pairs times one key's pair broadcast, the values
+   weighed the same way, the output kept as [dimension][query]. */
+static void prefill_tile(prefill_tile_state* s, const uint16_t* q, int q_stride, const uint16_t* keys, const uint16_t* values,
                          const int64_t* slots, const int64_t* chunk, uint16_t* out, int head, int t0,
                          int heads, int kv_heads, int dim, float scale) {
-    const int first_row = (int)chunk[0], tokens = (int)chunk[1], context = (int)chunk[2];
+    const int first_row = (int)chunk[0] + t0, tokens = (int)chunk[1], context = (int)chunk[2];
     const int count = tokens - t0 < PREFILL_TILE ? tokens - t0 : PREFILL_TILE;
     const int first_position = context - tokens + t0, last_position = first_position + count - 1;
-    const int pairs = dim / 2, kv = head / (heads / kv_heads);
-    const int64_t* context_slots = slots + chunk[3];
-    uint32_t queries[64][PREFILL_TILE] __attribute__((aligned(64)));  /* [dimension pair][query] */
-    for (int m = 0; m < PREFILL_TILE; m++) {
-        const uint32_t* row = (const uint32_t*)(q + (size_t)(first_row + t0 + m) * q_stride + head * dim);
-        for (int i = 0; i < pairs; i++) queries[i][m] = m < count ? row[i] : 0;
-    }
-    float total[128][PREFILL_TILE] __attribute__((aligned(64)));  /* [dimension][query] */
-    memset(total, 0, sizeof(float) * dim * PREFILL_TILE);
+    const int kv = head / (heads / kv_heads);
+    prefill_queries(s, q + head * dim, q_stride, first_row, count, dim);
+    memset(s->total, 0, sizeof(float) * dim * PREFILL_TILE);
     __m512 best = _mm512_set1_ps(-INFINITY), norm = _mm512_setzero_ps();
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i pair_up = _mm512_setr_epi32(0x100000, 0x110001, 0x120002, 0x130003, 0x140004, 0x150005, 0x160006,
                                               0x170007, 0x180008, 0x190009, 0x1a000a, 0x1b000b, 0x1c000c, 0x1d000d,
-                                              0x1e000e, 0x1f000f);  /* 16-bit lanes 0, 16, 1, 17, ...: two rows' pairs */
-    const __m512i low_pairs = _mm512_add_epi16(pair_up, _mm512_set1_epi32(0x100000));  /* a[d], b[d] for d < 16 */
-    const __m512i high_pairs = _mm512_add_epi16(low_pairs, _mm512_set1_epi16(16));     /* for 16 <= d < 32 */
+                                              0x1e000e, 0x1f000f);  /* 16-bit lanes 0, 16, 1, 17, ... */
     for (int k0 = 0; k0 <= last_position; k0 += 16) {
-        const int kcount = last_position + 1 - k0 < 16 ? last_position + 1 - k0 : 16;
-        /* the block's keys side by side (broadcast from one place) and its values as pairs of rows:
-           value_pairs[i][d] = (v[2i][d], v[2i + 1][d]); zeros past the block's end */
-        uint32_t block_keys[16][64] __attribute__((aligned(64)));  /* [key][dimension pair] */
-        uint32_t value_pairs[8][128] __attribute__((aligned(64)));
-        for (int j = 0; j < 16; j += 2) {
-            const uint16_t* k[2];
-            const uint16_t* v[2];
-            for (int r = 0; r < 2; r++) {
-                const size_t at = j + r < kcount ? ((size_t)context_slots[k0 + j + r] * kv_heads + kv) * dim : 0;
-                k[r] = j + r < kcount ? keys + at : 0;
-                v[r] = j + r < kcount ? values + at : 0;
-            }
-            for (int d = 0; d < dim; d += 32) {
-                __m512i a[2], b[2];
-                for (int r = 0; r < 2; r++) {
-                    a[r] = k[r] ? _mm512_loadu_si512(k[r] + d) : _mm512_setzero_si512();
-                    b[r] = v[r] ? _mm512_loadu_si512(v[r] + d) : _mm512_setzero_si512();
-                    _mm512_store_si512(block_keys[j + r] + d / 2, a[r]);
-                }
-                _mm512_store_si512(value_pairs[j / 2] + d, _mm512_permutex2var_epi16(b[0], low_pairs, b[1]));
-                _mm512_store_si512(value_pairs[j / 2] + d + 16, _mm512_permutex2var_epi16(b[0], high_pairs, b[1]));
-            }
-        }
+        prefill_block(s, keys, values, slots + chunk[3], k0, last_position + 1 - k0 < 16 ? last_position + 1 - k0 : 16,
+                      kv, kv_heads, dim);
         __m512 scores[16];
         for (int j = 0; j < 16; j++) scores[j] = _mm512_setzero_ps();
-        for (int i = 0; i < pairs; i++) {
-            const __m512bh query = (__m512bh)_mm512_load_si512(queries[i]);
+        for (int i = 0; i < dim / 2; i++) {
+            const __m512bh query = (__m512bh)_mm512_load_si512(s->queries[i]);
             for (int j = 0; j < 16; j++)
-                scores[j] = _mm512_dpbf16_ps(scores[j], query, (__m512bh)_mm512_set1_epi32(block_keys[j][i]));
+                scores[j] = _mm512_dpbf16_ps(scores[j], query, (__m512bh)_mm512_set1_epi32(s->keys[j][i]));
         }
-        __m512 top = best;
-        for (int j = 0; j < 16; j++) {  /* key k0 + j is seen by the queries at or after its position */
-            const __mmask16 sees = _mm512_cmpge_epi32_mask(lane, _mm512_set1_epi32(k0 + j - first_position));
-            scores[j] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), sees, _mm512_mul_ps(scores[j], _mm512_set1_ps(scale)));
-            top = _mm512_max_ps(top, scores[j]);
-        }
-        const __m512 shrink = exp16(_mm512_sub_ps(best, top));  /* 0 for the first block (best = -inf) */
-        best = top;
-        __m512 sum = _mm512_setzero_ps();
-        __m512bh weights[8];
-        for (int j = 0; j < 16; j += 2) {
-            const __m512 p0 = exp16(_mm512_sub_ps(scores[j], top)), p1 = exp16(_mm512_sub_ps(scores[j + 1], top));
-            sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
-            weights[j / 2] = (__m512bh)_mm512_permutexvar_epi16(pair_up, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
-        }
-        norm = _mm512_fmadd_ps(norm, shrink, sum);
+        const __m512 shrink = prefill_softmax(scores, k0, first_position, scale, &best, &norm);
+        __m512bh weights[8];  /* lane m: (p[2i][m], p[2i + 1][m]) */
+        for (int i = 0; i < 8; i++)
+            weights[i] = (__m512bh)_mm512_permutexvar_epi16(pair_up, (__m512i)_mm512_cvtne2ps_pbh(scores[2 * i + 1], scores[2 * i]));
         for (int d0 = 0; d0 < dim; d0 += 16) {
             __m512 o[16];
-            for (int d = 0; d < 16; d++) o[d] = _mm512_mul_ps(_mm512_load_ps(total[d0 + d]), shrink);
+            for (int d = 0; d < 16; d++) o[d] = _mm512_mul_ps(_mm512_load_ps(s->total[d0 + d]), shrink);
             for (int i = 0; i < 8; i++)
                 for (int d = 0; d < 16; d++)
-                    o[d] = _mm512_dpbf16_ps(o[d], weights[i], (__m512bh)_mm512_set1_epi32(value_pairs[i][d0 + d]));
-            for (int d = 0; d < 16; d++) _mm512_store_ps(total[d0 + d], o[d]);
+                    o[d] = _mm512_dpbf16_ps(o[d], weights[i], (__m512bh)_mm512_set1_epi32(s->value_pairs[i][d0 + d]));
+            for (int d = 0; d < 16; d++) _mm512_store_ps(s->total[d0 + d], o[d]);
         }
     }
     const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), norm);
-    for (int d = 0; d < dim; d++) _mm512_store_ps(total[d], _mm512_mul_ps(_mm512_load_ps(total[d]), inverse));
-    const __m512i down = _mm512_mullo_epi32(lane, _mm512_set1_epi32(PREFILL_TILE));
-    for (int m = 0; m < count; m++) {
-        uint16_t* o = out + ((size_t)(first_row + t0 + m) * heads + head) * dim;
-        for (int d = 0; d < dim; d += 16)
-            _mm256_storeu_si256((__m256i*)(o + d), (__m256i)_mm512_cvtneps_pbh(_mm512_i32gather_ps(down, &total[d][m], 4)));
+    for (int d0 = 0; d0 < dim; d0 += 16) {
+        __m512i r[16];
+        for (int d = 0; d < 16; d++) r[d] = _mm512_castps_si512(_mm512_mul_ps(_mm512_load_ps(s->total[d0 + d]), inverse));
+        transpose16(r);
+        for (int m = 0; m < count; m++)
+            _mm256_storeu_si256((__m256i*)(out + ((size_t)(first_row + m) * heads + head) * dim + d0),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(r[m])));
     }
 }
 
 void prefill_attention_bf16(const uint16_t* q, int q_stride, const uint16_t* keys, const uint16_t* values,
                             const int64_t* slots, const int64_t* chunks, int num_chunks, uint16_t* out,
                             int heads, int kv_heads, int dim, float scale) {
-    int tasks = 0;
-    for (int c = 0; c < num_chunks; c++) tasks += heads * (int)((chunks[c * 4 + 1] + PREFILL_TILE - 1) / PREFILL_TILE);
-    int* task_chunk = (int*)malloc(sizeof(int) * 3 * (tasks ? tasks : 1));
-    for (int c = 0, t = 0; c < num_chunks; c++)
-        for (int h = 0; h < heads; h++)
-            for (int t0 = 0; t0 < chunks[c * 4 + 1]; t0 += PREFILL_TILE, t++) {
-                task_chunk[3 * t] = c; task_chunk[3 * t + 1] = h; task_chunk[3 * t + 2] = t0;
-            }
-    #pragma omp parallel for schedule(dynamic, 1)
-    for (int t = 0; t < tasks; t++)
-        prefill_tile(q, q_stride, keys, values, slots, chunks + task_chunk[3 * t] * 4, out, task_chunk[3 * t + 1],
-                     task_chunk[3 * t + 2], heads, kv_heads, dim, scale);
-    free(task_chunk);
+    int tasks;
+    prefill_task* list = prefill_tasks(chunks, num_chunks, heads, &tasks);
+    #pragma omp parallel
+    {
+        prefill_tile_state* state = (prefill_tile_state*)aligned_alloc(64, sizeof(prefill_tile_state));
+        #pragma omp for schedule(dynamic, 1)
+        for (int t = 0; t < tasks; t++)
+            prefill_tile(state, q, q_stride, keys, values, slots, chunks + list[t].chunk * 4, out, list[t].head,
+                         list[t].t0, heads, kv_heads, dim, scale);
+        free(state);
+    }
+    free(list);
+}
+
+/* The same task through the AMX tiles: the scores' tile is keys x queries (keys, 16 rows of 32 dimensions, times
+   the queries as dimension pairs), the output's is queries x 16 dimensions (the probabilities, transposed to
+   rows of 16 keys, times the values as pairs of rows), added into [query][dimension] rows in float32. Tiles:
+   0 queries, 2 scores, 3 keys, 4 probabilities, 5 values, 6 output. */
+__attribute__((target("amx-tile,amx-bf16")))
+static void amx_prefill_tile(prefill_tile_state* s, const uint16_t* q, int q_stride, const uint16_t* keys,
+                             const uint16_t* values, const int64_t* slots, const int64_t* chunk, uint16_t* out,
+                             int head, int t0, int heads, int kv_heads, int dim, float scale) {
+    const int first_row = (int)chunk[0] + t0, tokens = (int)chunk[1], context = (int)chunk[2];
+    const int count = tokens - t0 < PREFILL_TILE ? tokens - t0 : PREFILL_TILE;
+    const int first_position = context - tokens + t0, last_position = first_position + count - 1;
+    const int kv = head / (heads / kv_heads);
+    prefill_queries(s, q + head * dim, q_stride, first_row, count, dim);
+    memset(s->rows, 0, sizeof(s->rows));
+    __m512 best = _mm512_set1_ps(-INFINITY), norm = _mm512_setzero_ps();
+    for (int k0 = 0; k0 <= last_position; k0 += 16) {
+        prefill_block(s, keys, values, slots + chunk[3], k0, last_position + 1 - k0 < 16 ? last_position + 1 - k0 : 16,
+                      kv, kv_heads, dim);
+        _tile_zero(2);
+        for (int i0 = 0; i0 < dim / 2; i0 += 16) {
+            _tile_loadd(3, s->keys[0] + i0, 256);
+            _tile_loadd(0, s->queries[i0], 64);
+            _tile_dpbf16ps(2, 3, 0);
+        }
+        _tile_stored(2, s->scratch, 64);
+        __m512i p[16];
+        __m512 scores[16];
+        for (int j = 0; j < 16; j++) scores[j] = _mm512_load_ps(s->scratch[j]);
+        const __m512 shrink = prefill_softmax(scores, k0, first_position, scale, &best, &norm);
+        for (int j = 0; j < 16; j++) p[j] = _mm512_castps_si512(scores[j]);
+        transpose16(p);  /* p[m]: query m's probabilities over the 16 keys */
+        for (int m = 0; m < 16; m += 2)
+            _mm512_store_si512(s->weights[m], (__m512i)_mm512_cvtne2ps_pbh(_mm512_castsi512_ps(p[m + 1]), _mm512_castsi512_ps(p[m])));
+        float shrinks[16];
+        _mm512_storeu_ps(shrinks, shrink);
+        _tile_loadd(4, s->weights, 32);
+        for (int d0 = 0; d0 < dim; d0 += 16) {
+            _tile_zero(6);
+            _tile_loadd(5, s->value_pairs[0] + d0, 512);
+            _tile_dpbf16ps(6, 4, 5);
+            _tile_stored(6, s->scratch, 64);
+            for (int m = 0; m < 16; m++)
+                _mm512_store_ps(s->rows[m] + d0, _mm512_fmadd_ps(_mm512_load_ps(s->rows[m] + d0), _mm512_set1_ps(shrinks[m]),
+                                                                _mm512_load_ps(s->scratch[m])));
+        }
+    }
+    float inverse[16];
+    _mm512_storeu_ps(inverse, _mm512_div_ps(_mm512_set1_ps(1.0f), norm));
+    for (int m = 0; m < count; m++)
+        for (int d = 0; d < dim; d += 16)
+            _mm256_storeu_si256((__m256i*)(out + ((size_t)(first_row + m) * heads + head) * dim + d),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(s->rows[m] + d), _mm512_set1_ps(inverse[m]))));
+}
+
+__attribute__((target("amx-tile,amx-bf16")))
+void amx_prefill_attention_bf16(const uint16_t* q, int q_stride, const uint16_t* keys, const uint16_t* values,
+                                const int64_t* slots, const int64_t* chunks, int num_chunks, uint16_t* out,
+                                int heads, int kv_heads, int dim, float scale) {
+    int tasks;
+    prefill_task* list = prefill_tasks(chunks, num_chunks, heads, &tasks);
+    #pragma omp parallel
+    {
+        tile_config config = {0};
+        config.palette = 1;
+        const int rows[7] = {16, 0, 16, 16, 16, 8, 16}, bytes[7] = {64, 0, 64, 64, 32, 64, 64};
+        for (int t = 0; t < 7; t++) { config.rows[t] = rows[t]; config.colsb[t] = bytes[t]; }
+        _tile_loadconfig(&config);
+        prefill_tile_state* state = (prefill_tile_state*)aligned_alloc(64, sizeof(prefill_tile_state));
+        #pragma omp for schedule(dynamic, 1)
+        for (int t = 0; t < tasks; t++)
+            amx_prefill_tile(state, q, q_stride, keys, values, slots, chunks + list[t].chunk * 4, out, list[t].head,
+                             list[t].t0, heads, kv_heads, dim, scale);
+        free(state);
+        _tile_release();
+    }
+    free(list);
 }
 
 /* out = weight * bf16(x * rsqrt(mean(x^2) + eps)), per row: transformers' LlamaRMSNorm, with its roundings. */
@@ -743,6 +883,8 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
                                             number, number, number, number, number, ctypes.c_float],
                   "prefill_attention_bf16": [pointer, number, pointer, pointer, pointer, pointer, number, pointer,
                                              number, number, number, ctypes.c_float],
+                  "amx_prefill_attention_bf16": [pointer, number, pointer, pointer, pointer, pointer, number, pointer,
+                                                 number, number, number, ctypes.c_float],
                   "rms_norm_bf16": [pointer, pointer, ctypes.c_float, pointer, number, number],
                   "rotary_bf16": [pointer, number, pointer, pointer, pointer, number, number, number],
                   "silu_mul_bf16": [pointer, pointer, number, number],
@@ -945,17 +1087,18 @@ def prefill_attention_fits(head_dim: int) -> bool:
 
 @_shown_in_profiles
 def prefill_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
-                      chunks: torch.Tensor, out: torch.Tensor, scale: float) -> None:
+                      chunks: torch.Tensor, out: torch.Tensor, scale: float, amx: bool | None = None) -> None:
     """Every prefill chunk of a step, causal, in one call, into its rows of `out` [tokens, heads, dim]
     (contiguous; other rows untouched). q [tokens, heads, dim] (rows may be strided); chunks int64 [n, 4]: each
     chunk's first row, its tokens, its context length (its own tokens included, last) and where its context's
     cache slots start in `slots` (int64, page * page_size + offset, already written); the caches [pages,
-    page_size, kv_heads, dim]."""
+    page_size, kv_heads, dim]. `amx`: through the AMX tiles (None: where `amx_available()`), else vdpbf16ps."""
     tokens, heads, dim = q.shape
     assert q.stride(2) == 1 and q.stride(1) == dim and prefill_attention_fits(dim)
     assert keys.is_contiguous() and values.is_contiguous() and out.is_contiguous() and out.shape == q.shape
     assert slots.dtype == chunks.dtype == torch.int64 and chunks.shape[1:] == (4,)
     slots, chunks = slots.contiguous(), chunks.contiguous()
-    _library()[0].prefill_attention_bf16(q.data_ptr(), q.stride(0), keys.data_ptr(), values.data_ptr(),
-                                         slots.data_ptr(), chunks.data_ptr(), chunks.shape[0], out.data_ptr(),
-                                         heads, keys.shape[2], dim, scale)
+    library = _library()[0]
+    kernel = library.amx_prefill_attention_bf16 if (amx_available() if amx is None else amx) else library.prefill_attention_bf16
+    kernel(q.data_ptr(), q.stride(0), keys.data_ptr(), values.data_ptr(), slots.data_ptr(), chunks.data_ptr(),
+           chunks.shape[0], out.data_ptr(), heads, keys.shape[2], dim, scale)

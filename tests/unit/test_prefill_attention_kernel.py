@@ -68,14 +68,19 @@ CHUNKS = [pytest.param([(1, 0)], id="one-token"),
           pytest.param([(88, 0), (60, 300)], id="long-context")]
 
 
+needs_amx = pytest.mark.skipif(not cpu_kernels.amx_available(), reason="this CPU has no AMX tiles for bfloat16")
+PATHS = [pytest.param(False, id="avx512"), pytest.param(True, id="amx", marks=needs_amx)]
+
+
+@pytest.mark.parametrize("amx", PATHS)
 @pytest.mark.parametrize("chunks", CHUNKS)
 @pytest.mark.parametrize("page_size", [64, 16])
 @pytest.mark.parametrize("kv_heads, heads", [(3, 9), (4, 4)], ids=["gqa-3", "gqa-1"])
 @pytest.mark.parametrize("dim", [64, 128, 32])
-def test_prefill_attention_is_as_close_to_the_exact_result_as_sdpa(chunks, page_size, kv_heads, heads, dim):
+def test_prefill_attention_is_as_close_to_the_exact_result_as_sdpa(chunks, page_size, kv_heads, heads, dim, amx):
     q, keys, values, slots, table, references = _step(chunks, page_size, kv_heads, heads, dim)
     out = torch.full(q.shape, float("nan"), dtype=torch.bfloat16)
-    cpu_kernels.prefill_attention(q, keys, values, slots, table, out, dim ** -0.5)
+    cpu_kernels.prefill_attention(q, keys, values, slots, table, out, dim ** -0.5, amx)
     exact = _reference(q, keys, values, references, torch.float64)
     sdpa = _reference(q, keys, values, references, torch.bfloat16)
     assert not out.isnan().any()
@@ -84,12 +89,13 @@ def test_prefill_attention_is_as_close_to_the_exact_result_as_sdpa(chunks, page_
     assert ours_off.max() <= sdpa_off.max() * 1.05 and ours_off.mean() <= sdpa_off.mean() * 1.01
 
 
-def test_prefill_attention_leaves_the_rows_of_other_tokens_alone():
+@pytest.mark.parametrize("amx", PATHS)
+def test_prefill_attention_leaves_the_rows_of_other_tokens_alone(amx):
     q, keys, values, slots, table, references = _step([(5, 0), (9, 20)], 16, 3, 9, 64)
     table[:, 0] += 2  # two decode rows come first in the packed row
     q = torch.cat([bf16(2, 12, 64, seed=40)[:, :9], q])
     out = torch.zeros(q.shape, dtype=torch.bfloat16)
-    cpu_kernels.prefill_attention(q, keys, values, slots, table, out, 0.125)
+    cpu_kernels.prefill_attention(q, keys, values, slots, table, out, 0.125, amx)
     assert (out[:2] == 0).all() and (out[2:] != 0).any()
 
 
