@@ -48,6 +48,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True  # requests sharing a prompt prefix share its KV pages (vLLM's name)
     cpu_threads: int | None = None  # on CPU: torch threads the engine steps with; None: the count where it is built
     lean_forward: bool = True  # Llama, Mistral, Qwen2: the engine's own forward (engine/llama_forward.py); False: transformers' modules
+    enforce_eager: bool = False  # on a GPU: decode steps run op by op, not replayed as CUDA graphs (vLLM's name; engine/cuda_graphs.py)
     cpu_kernels: bool = True  # lean forward, bfloat16, AVX512-BF16 CPU: labkit's own kernels for norms, rotary, decode attention and matmuls (every step with AMX, else steps of up to 8 tokens; engine/cpu_kernels.py)
 
     def __post_init__(self) -> None:

@@ -3,7 +3,9 @@
 
     python3 scripts/gpu_check.py            the check: the machine, `labkit info` (NVML), the `gpu` tests,
                                             `labkit bench engine --device cuda` (HBM bandwidth at batch 1, bf16
-                                            peak at batch 32); exit 0 with "no CUDA: nothing to check" without one
+                                            peak at batch 32), then the engine's step times with CUDA graphs and
+                                            op by op, cold and warm, and a profile of a few steps; exit 0 with
+                                            "no CUDA: nothing to check" without one
     python3 scripts/gpu_check.py --bundle   on a machine with a package index (once, before borrowing a GPU
                                             machine that has none): fill .gpu-bundle/
     python3 scripts/gpu_check.py --rehearse the same steps on the CPU (stand-in weights, a small workload), to
@@ -189,6 +191,59 @@ def make_stand_ins(work: Path, force: bool) -> None:
               f"parameters) at {target}")
 
 
+def step_times(device: str, requests: int) -> None:
+    """(Runs under the chosen interpreter.) Where labkit's time goes on this device: the engine benchmark's
+    workload twice in one process (the second run warm), with decode steps replayed from CUDA graphs and op by
+    op; each run's steps by kind; then the operators of a few warm steps (torch.profiler)."""
+    import torch
+
+    from labkit.bench.engine_workload import EngineWorkload
+    from labkit.engine import LLM, SamplingParams
+    from labkit.models import load_model
+
+    loaded = load_model("smollm2-135m-instruct", device=device, dtype="bfloat16", progress=False)
+    tokenizer = loaded.tokenizer
+    chats, lengths = zip(*EngineWorkload(num_requests=requests, seed=0).requests())
+    prompts = [tokenizer(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                         add_special_tokens=False)["input_ids"] for c in chats]
+    params = [SamplingParams(temperature=0, max_tokens=n, min_tokens=n, ignore_eos=True) for n in lengths]
+    for eager in (False, True):
+        with LLM(loaded.model, tokenizer, enforce_eager=eager) as llm:
+            name = "op by op" if eager else "CUDA graphs"
+            for run in (1, 2):
+                llm.reset_prefix_cache()
+                started = time.perf_counter()
+                llm.generate(prompts, params, use_tqdm=False)
+                wall = time.perf_counter() - started
+                steps = [s for s in llm.steps if s.started >= started]
+                decodes = [s for s in steps if all(n == 1 for _, n in s.requests)]
+                others = [s for s in steps if s not in decodes]
+                in_steps = sum(s.duration_s for s in steps)
+                print(f"{name}, run {run}: {sum(lengths) / wall:.1f} tok/s over {wall:.2f} s; "
+                      f"{len(decodes)} decode steps {sum(s.duration_s for s in decodes) * 1000:.0f} ms "
+                      f"(batch of 32 or more: {_mean_ms([s for s in decodes if len(s.requests) >= 32])}, "
+                      f"batch 1: {_mean_ms([s for s in decodes if len(s.requests) == 1])}); {len(others)} steps "
+                      f"with prompt tokens {sum(s.duration_s for s in others) * 1000:.0f} ms "
+                      f"({_mean_ms(others)}); outside steps {(wall - in_steps) * 1000:.0f} ms; "
+                      + ", ".join(f"{k} {v}" for k, v in llm.stats().items() if k.startswith("cuda_graph")))
+            activities = [torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+            short = [SamplingParams(temperature=0, max_tokens=8, min_tokens=8, ignore_eos=True)] * len(prompts)
+            llm.reset_prefix_cache()
+            with torch.profiler.profile(activities=activities) as profile:
+                llm.generate(prompts, short, use_tqdm=False)
+            print(f"{name}: operators of {len(prompts)} requests x 8 tokens (prefill included), by self CPU time")
+            print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=48))
+            if device == "cuda":
+                print(f"{name}: the same, by self CUDA time")
+                print(profile.key_averages().table(sort_by="self_cuda_time_total", row_limit=10,
+                                                   max_name_column_width=48))
+
+
+def _mean_ms(steps) -> str:
+    return f"mean {sum(s.duration_s for s in steps) * 1000 / len(steps):.2f} ms" if steps else "none"
+
+
 def check(rehearse: bool) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = os.environ.get("OUT")
@@ -231,9 +286,10 @@ def check(rehearse: bool) -> int:
     stand_ins = [python, str(Path(__file__).resolve()), "--stand-ins"] + (["--force"] if rehearse else [])
     results["models"] = run_part(log, "models", stand_ins, min(120, left()), env)
     results["labkit info"] = run_part(log, "labkit info", [python, "-m", "labkit.cli", "info"], min(60, left()), env)
-    tests = ["tests/integration/test_server_gpu.py", "tests/integration/test_optimize_gpu.py"]
+    tests = ["tests/integration/test_engine_gpu.py", "tests/integration/test_server_gpu.py",
+             "tests/integration/test_optimize_gpu.py"]
     results["gpu tests"] = run_part(log, "gpu tests", [python, "-m", "pytest", "-m", "gpu", *tests, "-p",
-                                                       "no:cacheprovider", "-q", "-rs"], min(150, left() - 120), env)
+                                                       "no:cacheprovider", "-q", "-rs", "-s"], min(150, left() - 120), env)
     report = results_dir / f"gpu-{time.strftime('%Y-%m-%d')}.json"
     bench = [python, "-m", "labkit.cli", "bench", "engine", "--device", device, "--json", str(report)]
     small = ["--requests", "4"] if rehearse else []
@@ -242,6 +298,9 @@ def check(rehearse: bool) -> int:
     if not results["bench engine"][0]:  # the baseline can fail on another transformers: labkit's figures alone
         results["bench engine (labkit)"] = run_part(log, "bench engine, labkit only",
                                                     bench + small + ["--systems", "labkit"], left(), env)
+    # CUDA graphs against op by op, warm and cold, and the operators of a few steps
+    steps = [python, str(Path(__file__).resolve()), "--steps", device] + (["--requests", "4"] if rehearse else [])
+    results["step times"] = run_part(log, "where labkit's step time goes", steps, left(), env)
     if out and report.exists():
         shutil.copy(report, Path(out) / report.name)
     log("\n== summary")
@@ -286,10 +345,15 @@ def main() -> int:
     mode.add_argument("--bundle", action="store_true", help="fill .gpu-bundle/ (needs a package index)")
     mode.add_argument("--rehearse", action="store_true", help="run every step on the CPU, with stand-in weights")
     mode.add_argument("--stand-ins", action="store_true", help=argparse.SUPPRESS)  # one of the check's parts
+    mode.add_argument("--steps", metavar="DEVICE", help=argparse.SUPPRESS)  # one of the check's parts
+    parser.add_argument("--requests", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bundle:
         return bundle()
+    if args.steps:
+        step_times(args.steps, args.requests)
+        return 0
     if args.stand_ins:
         make_stand_ins(WORK, args.force)
         return 0

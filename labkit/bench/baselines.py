@@ -5,6 +5,7 @@ its first-token time and its finish time, both from time 0.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 
@@ -87,7 +88,9 @@ def hf_continuous(model, prompts: list[list[int]], lengths: list[int], *, kv_cac
     from transformers import ContinuousBatchingConfig, GenerationConfig
 
     page_size = 256
-    config = ContinuousBatchingConfig(page_size=page_size, num_blocks=max(1, kv_cache_tokens // page_size),
+    # transformers 5.17 calls a page a block (`block_size`); later releases renamed it `page_size`.
+    size_name = "page_size" if "page_size" in inspect.signature(ContinuousBatchingConfig).parameters else "block_size"
+    config = ContinuousBatchingConfig(**{size_name: page_size}, num_blocks=max(1, kv_cache_tokens // page_size),
                                       max_batch_tokens=max_batch_tokens, max_requests_per_batch=max_num_seqs)
     generation = GenerationConfig(do_sample=False, max_new_tokens=max(lengths), eos_token_id=-1,
                                   pad_token_id=model.generation_config.pad_token_id)
@@ -111,5 +114,5 @@ def hf_continuous(model, prompts: list[list[int]], lengths: list[int], *, kv_cac
         result, seen_at = results[f"r{index}"]
         first = result.timestamps[0] if result.timestamps else seen_at
         timings.append(RequestTiming(len(result.generated_tokens), first - started, seen_at - started))
-    return SystemRun(wall, timings, f"ContinuousBatchingConfig(page_size={page_size}, num_blocks={config.num_blocks}, "
+    return SystemRun(wall, timings, f"ContinuousBatchingConfig({size_name}={page_size}, num_blocks={config.num_blocks}, "
                                     f"max_batch_tokens={max_batch_tokens}, max_requests_per_batch={max_num_seqs})")

@@ -78,7 +78,8 @@ def run_labkit(loaded, prompts, lengths, config: EngineConfig) -> tuple[baseline
              "kv_peak_usage": round(engine_stats["kv_peak_usage"], 3), "preemptions": engine_stats["num_preemptions"],
              "peak_batch": max(len(s.requests) for s in steps),
              "cpu_threads_at_end": engine_stats.get("cpu_threads"),  # the thread governor's choice (CPU only)
-             "cpu_thread_changes": engine_stats.get("cpu_thread_changes", 0), **alone}
+             "cpu_thread_changes": engine_stats.get("cpu_thread_changes", 0), **alone,
+             **{k: engine_stats[k] for k in ("cuda_graphs", "cuda_graph_capture_s") if k in engine_stats}}
     return baselines.SystemRun(wall, timings, f"EngineConfig{_fields(config)}"), extra
 
 
@@ -220,6 +221,11 @@ def _utilisation(loaded, ours: dict, extra: dict, prompt_tokens: int, ceiling: d
             "batch1_weight_bandwidth_utilisation": round(batch1_gbps / ceiling["memory_copy_gbps"], 4)}
 
 
+def _percent(fraction: float) -> str:
+    """Three significant figures: a GPU's MFU of a small model reads 0.0172%, not 0.0%."""
+    return f"{fraction * 100:.3g}%"
+
+
 def format_report(report: dict) -> str:
     # The p99 of fewer than 100 requests is their slowest: the column says "max" then.
     tail = tail_name(min((r.get("requests", 100) for r in report["systems"].values()), default=100))
@@ -243,13 +249,17 @@ def format_report(report: dict) -> str:
                     f" of the cache-off figure")
     elif "labkit" in report["systems"]:
         ours = report["systems"]["labkit"]
-        rows.append("labkit: " + ", ".join(f"{k.removeprefix('labkit_vs_')} x{v}" for k, v in report["ratios"].items())
-                    + f"; {ours['achieved_gflops']} GFLOP/s = MFU {ours['mfu']:.1%} (up to {ours['peak_batch']} "
-                    f"requests at once); weights read at "
-                    f"{ours['weight_read_gbps']} GB/s = {ours['weight_bandwidth_utilisation']:.1%} of copy bandwidth")
+        ratios = ", ".join(f"{k.removeprefix('labkit_vs_')} x{v}" for k, v in report["ratios"].items())
+        rows.append("labkit: " + (ratios + "; " if ratios else "")
+                    + f"{ours['achieved_gflops']} GFLOP/s = MFU {_percent(ours['mfu'])} (up to {ours['peak_batch']} "
+                    f"requests at once); weights read at {ours['weight_read_gbps']} GB/s = "
+                    f"{_percent(ours['weight_bandwidth_utilisation'])} of copy bandwidth")
+        if "cuda_graphs" in ours:
+            rows.append(f"labkit: {ours['cuda_graphs']} CUDA graphs of decode steps, captured in "
+                        f"{ours['cuda_graph_capture_s']} s (at start, and on first use for contexts past 256 tokens)")
         rows.append(f"labkit at batch 1: {ours['batch1_decode_tokens_per_s']} tok/s decoding "
                     f"{ours['batch1_output_tokens']} tokens; weights read at {ours['batch1_weight_read_gbps']} GB/s = "
-                    f"{ours['batch1_weight_bandwidth_utilisation']:.1%} of copy bandwidth")
+                    f"{_percent(ours['batch1_weight_bandwidth_utilisation'])} of copy bandwidth")
     contended = {n: r["cpu_contention"] for n, r in report["systems"].items()
                  if (r.get("cpu_contention") or 0) > SHARED_ABOVE}
     if contended:

@@ -28,7 +28,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> None:
     from ..bench.engine_bench import bench_engine, format_report
 
     config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                          adapt_threads=args.adapt_threads)
+                          adapt_threads=args.adapt_threads, enforce_eager=args.enforce_eager)
     systems = tuple(args.systems.split(",")) if args.systems else None
     report = bench_engine(args.model, args.requests, args.seed, args.dtype, systems, config,
                           log=lambda line: print(line, file=sys.stderr), workload_name=args.workload,
@@ -123,6 +123,8 @@ def _add_bench_engine(benches) -> None:
                         help=f"labkit: per-step token budget (default {EngineConfig.max_num_batched_tokens})")
     engine.add_argument("--no-adapt-threads", dest="adapt_threads", action="store_false",
                         help="labkit: keep every torch thread even while another process shares the CPU")
+    engine.add_argument("--enforce-eager", action="store_true",
+                        help="labkit on a GPU: decode steps op by op, not replayed from CUDA graphs")
     engine.add_argument("--workload", default="default", choices=sorted(WORKLOADS),
                         help="default: varied chat requests through the four systems; shared-prefix: a long "
                              "system prompt and multi-turn chats through labkit with the prefix cache off and on "

@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.served_model_name:  # the id the API answers to and the metrics' model_name
         models[0] = dataclasses.replace(models[0], name=args.served_model_name)
     options = {**engine_options(args), "enable_prefix_caching": not args.no_prefix_caching,
-               "adapt_threads": args.adapt_threads, "cpu_threads": engine_threads}
+               "adapt_threads": args.adapt_threads, "cpu_threads": engine_threads, "enforce_eager": args.enforce_eager}
     run_server(models, config, engine_options=options, log_level=level, sock=sock)
 
 
@@ -100,6 +100,9 @@ def add_serve_commands(commands) -> None:
     serve.add_argument("--no-prefix-caching", action="store_true",
                        help="compute every prompt in full (by default requests sharing a prompt prefix share its "
                             "KV pages, and the shared part is not computed again)")
+    serve.add_argument("--enforce-eager", action="store_true",
+                       help="on a GPU: run decode steps op by op (by default they replay CUDA graphs captured on "
+                            "first use, see engine/cuda_graphs.py); no effect on a CPU")
     serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond the running batch "
                                                                    "before 429 (default 64)")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds before a request gets 504 "

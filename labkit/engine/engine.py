@@ -291,11 +291,13 @@ class LLMEngine:
         return len(self.scheduler.waiting)
 
     def stats(self) -> dict:
-        """Queue lengths, preemptions and KV cache use (pages held, how full they are, bytes reserved)."""
+        """Queue lengths, preemptions and KV cache use (pages held, how full they are, bytes reserved); on a GPU,
+        the CUDA graphs captured, their capture time and replays."""
         threads = {} if self.threads is None else {"cpu_threads": self.threads.threads,
                                                     "cpu_thread_changes": self.threads.changes}
+        graphs = self.runner.graphs.stats() if self.runner.graphs is not None else {}
         return {**self.scheduler.stats(), **self.runner.cache.stats(), "max_model_len": self.max_model_len,
-                "num_steps": self.num_steps, **threads}
+                "num_steps": self.num_steps, **threads, **graphs}
 
     def close(self) -> None:
         """Abort what is left, give the model back its own attention and the process its thread count."""

@@ -31,13 +31,16 @@ class KVShape:
 
 
 class PagedKVCache:
-    def __init__(self, shape: KVShape, num_tokens: int, page_size: int, device: torch.device | str = "cpu"):
+    def __init__(self, shape: KVShape, num_tokens: int, page_size: int, device: torch.device | str = "cpu",
+                 scratch_pages: int = 0):
+        """`scratch_pages` more pages follow the `num_pages` requests can hold, never handed out: where the
+        padding rows of a CUDA graph's batch write (pages num_pages, num_pages + 1, ...)."""
         if page_size < 1 or num_tokens < page_size:
             raise ValueError(f"The KV cache needs at least one page: {num_tokens} tokens with pages of {page_size}.")
         self.shape = shape
         self.page_size = page_size
         self.num_pages = num_tokens // page_size
-        dims = (self.num_pages, page_size, shape.num_kv_heads, shape.head_dim)
+        dims = (self.num_pages + scratch_pages, page_size, shape.num_kv_heads, shape.head_dim)
         # Zeros, not empty: attention reads whole pages, and masked positions must hold finite numbers (0 x NaN
         # would poison a softmax).
         self.keys = [torch.zeros(dims, dtype=shape.dtype, device=device) for _ in range(shape.num_layers)]

@@ -7,6 +7,8 @@ tokens that will be sampled. It owns the KV cache's tensors.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import weakref
 
 import torch
@@ -14,12 +16,28 @@ import torch
 from ..config import EngineConfig
 from . import attention
 from .attention import AttentionBatch, PagedAttention, PrefillChunk
+from .cuda_graphs import CaptureFailed, DecodeGraphs
 from . import cpu_kernels
 from .kv_cache import KVShape, PagedKVCache
 from .llama_forward import LlamaForward, unsupported_reason
 from .packed_linear import check_identical, prepack_linears, unpack_linears
 from .input_batch import InputBatch
 from .scheduler import ScheduledRequest, SchedulerOutput
+
+log = logging.getLogger("labkit.engine")
+GRAPH_DEVICES = ("cuda",)  # where decode steps replay CUDA graphs (the tests add "cpu" to run the same padding)
+
+
+
+def sdpa_backends(device: torch.device):
+    """On a GPU, SDPA without cuDNN's backend: cuDNN builds an execution plan for each new shape, and every
+    prompt length is a new shape (an H200 spent 330 ms on prefill steps that take 35 ms once planned).
+    Flash attention takes the causal prompt chunks and memory-efficient attention the masked ones."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class ModelRunner:
@@ -42,7 +60,11 @@ class ModelRunner:
         probe_ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
         shape, num_heads, self.attention_modules = attention.probe_kv_shape(model, probe_ids)
         self.kv_shape: KVShape = shape
-        self.cache = PagedKVCache(shape, config.kv_cache_tokens, config.page_size, self.device)
+        # The Llama family takes a lean forward of its own; everything else runs transformers' modules.
+        self.generic_reason = unsupported_reason(model) if config.lean_forward else "lean_forward=False"
+        graphed = self.device.type in GRAPH_DEVICES and not self.generic_reason and not config.enforce_eager
+        self.cache = PagedKVCache(shape, config.kv_cache_tokens, config.page_size, self.device,
+                                  scratch_pages=1 if graphed else 0)
         self.page_size = config.page_size
         self.input_batch = InputBatch(config.max_num_seqs, self.cache.num_pages)
         self.attention = PagedAttention(self.cache, num_heads)
@@ -54,12 +76,16 @@ class ModelRunner:
         model._labkit_runner = weakref.ref(self)
         # A 4-D mask makes transformers skip building its own masks (ours are in the batch); it is never read.
         self.no_mask = torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=self.device)
-        # The Llama family takes a lean forward of its own; everything else runs transformers' modules.
-        self.generic_reason = unsupported_reason(model) if config.lean_forward else "lean_forward=False"
         self.lean = None if self.generic_reason else LlamaForward(model, self.attention, config.prepack_weights,
                                                                    config.max_num_seqs, config.cpu_kernels)
         self.attention.kernels = (self.lean is not None and self.lean.kernels
                                   and cpu_kernels.decode_attention_fits(shape.head_dim, self.attention.groups))
+        self.graphs = DecodeGraphs(self.lean, self.attention, config.max_num_seqs, self.cache.num_pages,
+                                   config.page_size, scratch_page=self.cache.num_pages, mask_dtype=shape.dtype,
+                                   device=self.device) if graphed and not self.attention.kernels else None
+        self.graphs_off_reason = None
+        if self.graphs is not None:
+            self._capture_at_start()
         self.packed_linears = []
         if self.lean is None and config.prepack_weights:
             self.packed_linears = prepack_linears(model, config.max_num_seqs)
@@ -85,7 +111,7 @@ class ModelRunner:
         """Another engine took the model: undo only what is ours (packed weights), and refuse to step."""
         unpack_linears(self.packed_linears)
         self.packed_linears = []
-        self.lean = None
+        self.lean = self.graphs = None
         self.taken_over = self.closed = True
 
     def close(self) -> None:
@@ -99,13 +125,17 @@ class ModelRunner:
         self.model.set_attn_implementation(self.previous_attn_implementation)
         unpack_linears(self.packed_linears)
         self.packed_linears = []
-        self.lean = None
+        self.lean = self.graphs = None
 
     @torch.inference_mode()
     def execute(self, plan: SchedulerOutput) -> tuple[torch.Tensor, list[ScheduledRequest]]:
         """Run the step. Returns logits [samplers, vocab] and the scheduled requests they belong to. Requests
         scheduled with `prompt_logits` also get every computed position's logits, in `self.prompt_logits`
         (request id -> [tokens computed, vocab]; empty when no request asked)."""
+        with sdpa_backends(self.device):
+            return self._execute(plan)
+
+    def _execute(self, plan: SchedulerOutput) -> tuple[torch.Tensor, list[ScheduledRequest]]:
         if self.taken_over:
             raise RuntimeError("Another engine now drives this model object, so this one stopped; use one engine "
                                "per loaded model (close the old one), or load the model again for a second engine.")
@@ -139,8 +169,11 @@ class ModelRunner:
         page_size = self.page_size
         positions_cpu = torch.tensor(positions)
         write_pages = self.input_batch.block_table[torch.tensor(token_rows), positions_cpu // page_size]
-        batch = AttentionBatch(write_slots=self._upload(write_pages * page_size + positions_cpu % page_size),
-                               num_decode=len(decodes), prefills=tuple(chunks))
+        write_slots = write_pages * page_size + positions_cpu % page_size
+        if (self.graphs is not None and len(keep) == len(decodes) == len(ordered) and not prompt_rows
+                and self.graphs.fits(len(decodes))):
+            return self._decode_graphed(decodes, token_ids, positions_cpu, write_slots), samplers
+        batch = AttentionBatch(write_slots=self._upload(write_slots), num_decode=len(decodes), prefills=tuple(chunks))
         if decodes:
             self._describe_decodes(batch, decodes)
         token_tensor = self._upload(torch.tensor(token_ids))
@@ -157,6 +190,38 @@ class ModelRunner:
                 return logits, samplers
             self.prompt_logits = {rid: logits[first:first + n] for rid, (first, n) in prompt_rows.items()}
             return logits.index_select(0, self._upload(torch.tensor(sampling_rows, dtype=torch.long))), samplers
+        finally:
+            self.attention.batch = None
+
+    def _capture_at_start(self) -> None:
+        try:
+            with sdpa_backends(self.device):
+                self.graphs.capture_common()
+        except Exception as error:
+            self._graphs_off(f"capturing decode steps at start: {error!r}")
+
+    def _graphs_off(self, reason: str) -> None:
+        self.graphs_off_reason = reason
+        log.warning("decode steps run eagerly from now on: %s", reason)
+        self.graphs = None
+
+    def _decode_graphed(self, decodes, token_ids, positions: torch.Tensor, write_slots: torch.Tensor) -> torch.Tensor:
+        """A step of decodes only, on a GPU: replayed from a CUDA graph (cuda_graphs.py). A capture that fails
+        (an op this torch cannot record) turns graphs off for this engine, with a warning, and the step runs
+        eagerly: slower, never wrong."""
+        contexts = positions + 1  # the cached tokens and the new one
+        most = -(-int(contexts.max()) // self.page_size)
+        table = self.input_batch.block_table[self.input_batch.rows(d.request_id for d in decodes), :most]
+        try:
+            return self.graphs.run(token_ids, positions, write_slots, table, contexts)
+        except CaptureFailed as error:
+            self._graphs_off(str(error))
+        batch = AttentionBatch(write_slots=self._upload(write_slots), num_decode=len(decodes))
+        self._describe_decodes(batch, decodes)
+        self.attention.batch = batch
+        try:
+            return self.lean(self._upload(torch.tensor(token_ids)), self._upload(positions),
+                             self._upload(torch.arange(len(decodes))))
         finally:
             self.attention.batch = None
 
