@@ -193,3 +193,20 @@ def test_decode_attention_reads_the_pages_in_place_as_closely_as_sdpa_over_a_gat
                                           attn_mask=mask.to(torch.bfloat16), scale=dim ** -0.5, enable_gqa=True).squeeze(2)
     assert ours.shape == (n, heads, dim)
     assert (ours.double() - exact).abs().max() <= (sdpa.double() - exact).abs().max() * 1.01
+
+
+def test_the_source_builds_for_a_cpu_without_amx(tmp_path):
+    """-march=native on an AMX host would hide an AMX instruction used outside a function marked for it: the
+    library must still build (and the few-row path run) on an AVX512-BF16 CPU without AMX, e.g. Cooper Lake."""
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no gcc on PATH")
+    source = tmp_path / "kernels.c"
+    source.write_text(cpu_kernels.SOURCE)
+    flags = [f for f in cpu_kernels.FLAGS if not f.startswith("-march=")]
+    built = subprocess.run([compiler, *flags, "-march=cooperlake", "-Werror=implicit-function-declaration",
+                            str(source), "-o", str(tmp_path / "kernels.so"), "-lm"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
