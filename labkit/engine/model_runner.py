@@ -28,7 +28,6 @@ log = logging.getLogger("labkit.engine")
 GRAPH_DEVICES = ("cuda",)  # where decode steps replay CUDA graphs (the tests add "cpu" to run the same padding)
 
 
-
 def sdpa_backends(device: torch.device):
     """On a GPU, SDPA without cuDNN's backend: cuDNN builds an execution plan for each new shape, and every
     prompt length is a new shape (an H200 spent 330 ms on prefill steps that take 35 ms once planned).
