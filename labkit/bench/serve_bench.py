@@ -1,6 +1,7 @@
 """`labkit bench serve`: a load test of any OpenAI-compatible server (labkit, `transformers serve`, vLLM).
 
-N chat requests, at most C in flight, each streamed: the client times the first token (TTFT), the gaps
+N chat requests, at most C in flight, each streamed (read by sse_client.py, a client lean enough not to take
+the CPU the server under test needs): the client times the first token (TTFT), the gaps
 between tokens (ITL) and the whole request (end-to-end), counts output tokens (from `usage` when the
 server sends it, else one per content chunk), and reports throughput, percentiles, errors and goodput:
 the requests per second that met every SLO given (`--slo-ttft-ms`, `--slo-itl-ms`, `--slo-e2e-ms`).
@@ -23,6 +24,7 @@ from ..monitor.percentiles import percentile
 from ..monitor.slo import SLO
 from .engine_workload import EngineWorkload
 from .measure import tail_name
+from .sse_client import StreamError, stream_post
 
 PROMPTS = (
     "Explain what a hash table is.", "Write a short poem about the sea.", "What causes the seasons on Earth?",
@@ -95,9 +97,9 @@ class Result:
     error: str | None = None
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, messages: list[dict], max_tokens: int,
-                      temperature: float, headers: dict, response_format: dict | None = None,
-                      exact_length: bool = False) -> Result:
+async def one_request(url: str, model: str, messages: list[dict], max_tokens: int, temperature: float,
+                      headers: dict, response_format: dict | None = None, exact_length: bool = False,
+                      timeout_s: float = 600.0) -> Result:
     body = {"model": model, "messages": messages, "max_tokens": max_tokens,
             "temperature": temperature, "stream": True, "stream_options": {"include_usage": True}}
     if response_format is not None:
@@ -109,16 +111,13 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, messages:
     result = Result(ok=False)
     chunks = 0
     try:
-        async with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
-            if response.status_code != 200:
-                await response.aread()
-                result.error = f"HTTP {response.status_code}"
+        async with stream_post(f"{url}/v1/chat/completions", body, headers, timeout_s) as response:
+            if response.status != 200:
+                await response.text()
+                result.error = f"HTTP {response.status}"
                 return result
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+            async for data in response.events():
+                if data == b"[DONE]":
                     break
                 payload = json.loads(data)
                 if "error" in payload:
@@ -136,7 +135,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, messages:
                         else:
                             result.itl_s.append(now - last)
                         last = now
-    except (httpx.HTTPError, json.JSONDecodeError) as err:
+    except (StreamError, TimeoutError, json.JSONDecodeError) as err:
         result.error = type(err).__name__
         return result
     result.e2e_s = time.perf_counter() - started
@@ -205,23 +204,22 @@ async def run_load(url: str, workload: Workload, *, model: str | None = None, ap
                    slo: SLO = SLO(), warmup: int = 1, timeout_s: float = 600.0) -> tuple[str, str, dict]:
     url = url.rstrip("/").removesuffix("/v1")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    limits = httpx.Limits(max_connections=workload.concurrency + 4, max_keepalive_connections=workload.concurrency)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
         detected_model, server = await detect(client, url, headers)
-        model = model or detected_model
-        for _ in range(warmup):
-            await one_request(client, url, model, [{"role": "user", "content": PROMPTS[0]}], 8,
-                              workload.temperature, headers, workload.response_format)
-        gate = asyncio.Semaphore(workload.concurrency)
+    model = model or detected_model
+    for _ in range(warmup):
+        await one_request(url, model, [{"role": "user", "content": PROMPTS[0]}], 8, workload.temperature, headers,
+                          workload.response_format, timeout_s=timeout_s)
+    gate = asyncio.Semaphore(workload.concurrency)
 
-        async def gated(messages: list[dict], max_tokens: int) -> Result:
-            async with gate:
-                return await one_request(client, url, model, messages, max_tokens, workload.temperature, headers,
-                                         workload.response_format, workload.exact_lengths)
+    async def gated(messages: list[dict], max_tokens: int) -> Result:
+        async with gate:
+            return await one_request(url, model, messages, max_tokens, workload.temperature, headers,
+                                     workload.response_format, workload.exact_lengths, timeout_s)
 
-        started = time.perf_counter()
-        results = await asyncio.gather(*(gated(p, n) for p, n in workload.items()))
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    results = await asyncio.gather(*(gated(p, n) for p, n in workload.items()))
+    wall = time.perf_counter() - started
     return server, model, summarise(list(results), wall, slo, structured=workload.response_format is not None)
 
 
