@@ -58,6 +58,13 @@ class AttentionBatch:
     prefill_table: tuple[torch.Tensor, torch.Tensor] | None = None  # cpu_kernels.prefill_attention's slots and chunks
 
 
+def decode_mask(lengths: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask of decodes over contexts gathered `width` tokens wide: 0 on each row's first
+    lengths[i] tokens, -inf past them; [rows, 1, 1, width], SDPA's layout."""
+    hidden = torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)
+    return torch.zeros(hidden.shape, dtype=dtype).masked_fill_(hidden, float("-inf")).view(len(lengths), 1, 1, -1)
+
+
 class PagedAttention:
     """Holds the cache and the current step's batch; the layers of one model find it on their modules."""
 
@@ -68,8 +75,9 @@ class PagedAttention:
         self.groups = num_heads // self.num_kv_heads
         self.layer_of: dict[int, int] = {}  # id(attention module) -> layer index, in call order
         self.batch: AttentionBatch | None = None
-        # decodes attend through cpu_kernels.decode_attention, prefills through prefill_attention (set by the model runner)
-        self.kernels = False
+        # decodes attend through cpu_kernels.decode_attention, prefills through prefill_attention where the head
+        # size fits it (both set by the model runner)
+        self.kernels = self.prefill_kernel = False
 
     def attend(self, module, query, key, value, scaling: float | None) -> torch.Tensor:
         """transformers' layout in and out: query [1, heads, tokens, d], key/value [1, kv_heads, tokens, d]."""
@@ -93,7 +101,7 @@ class PagedAttention:
         out = q.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [tokens, heads, head_dim]
         if batch.num_decode:
             out[:batch.num_decode] = self._decode(q[:, :batch.num_decode], keys, values, scale)
-        if self.kernels and cpu_kernels.prefill_attention_fits(q.shape[2]):
+        if self.prefill_kernel:
             slots, chunks = self._prefill_table(keys.shape[1])
             cpu_kernels.prefill_attention(q.transpose(0, 1), keys, values, slots, chunks, out, scale)
             return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import AttentionBatch
+from .attention import AttentionBatch, decode_mask
 
 STARTUP_CONTEXT_TOKENS = 256  # captured when the engine starts: every batch size, contexts up to this long
 BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256)
@@ -114,10 +114,7 @@ class DecodeGraphs:
                 torch.full((size, pages), self.scratch_page, dtype=torch.long), torch.ones(size, dtype=torch.long))
 
     def _mask(self, lengths: torch.Tensor, pages: int) -> torch.Tensor:
-        """0 on each row's tokens, -inf past them: [rows, 1, 1, pages * page_size]."""
-        hidden = torch.arange(pages * self.page_size).unsqueeze(0) >= lengths.unsqueeze(1)
-        mask = torch.zeros(hidden.shape, dtype=self.mask_dtype).masked_fill_(hidden, float("-inf"))
-        return mask.view(len(lengths), 1, 1, -1)
+        return decode_mask(lengths, pages * self.page_size, self.mask_dtype)
 
     def _attending(self, graph: _Graph) -> AttentionBatch:
         return AttentionBatch(write_slots=graph.write_slots, num_decode=len(graph.keep), decode_pages=graph.pages,

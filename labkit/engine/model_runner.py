@@ -15,7 +15,7 @@ import torch
 
 from ..config import EngineConfig
 from . import attention
-from .attention import AttentionBatch, PagedAttention, PrefillChunk
+from .attention import AttentionBatch, PagedAttention, PrefillChunk, decode_mask
 from .cuda_graphs import CaptureFailed, DecodeGraphs
 from . import cpu_kernels
 from .kv_cache import KVShape, PagedKVCache
@@ -79,6 +79,7 @@ class ModelRunner:
                                                                    config.max_num_seqs, config.cpu_kernels)
         self.attention.kernels = (self.lean is not None and self.lean.kernels
                                   and cpu_kernels.decode_attention_fits(shape.head_dim, self.attention.groups))
+        self.attention.prefill_kernel = self.attention.kernels and cpu_kernels.prefill_attention_fits(shape.head_dim)
         self.graphs = DecodeGraphs(self.lean, self.attention, config.max_num_seqs, self.cache.num_pages,
                                    config.page_size, scratch_page=self.cache.num_pages, mask_dtype=shape.dtype,
                                    device=self.device) if graphed and not self.attention.kernels else None
@@ -171,7 +172,9 @@ class ModelRunner:
         write_slots = write_pages * page_size + positions_cpu % page_size
         if (self.graphs is not None and len(keep) == len(decodes) == len(ordered) and not prompt_rows
                 and self.graphs.fits(len(decodes))):
-            return self._decode_graphed(decodes, token_ids, positions_cpu, write_slots), samplers
+            logits = self._decode_graphed(decodes, token_ids, positions_cpu, write_slots)
+            if logits is not None:
+                return logits, samplers
         batch = AttentionBatch(write_slots=self._upload(write_slots), num_decode=len(decodes), prefills=tuple(chunks))
         if decodes:
             self._describe_decodes(batch, decodes)
@@ -204,25 +207,16 @@ class ModelRunner:
         log.warning("decode steps run eagerly from now on: %s", reason)
         self.graphs = None
 
-    def _decode_graphed(self, decodes, token_ids, positions: torch.Tensor, write_slots: torch.Tensor) -> torch.Tensor:
+    def _decode_graphed(self, decodes, token_ids, positions: torch.Tensor, write_slots: torch.Tensor):
         """A step of decodes only, on a GPU: replayed from a CUDA graph (cuda_graphs.py). A capture that fails
-        (an op this torch cannot record) turns graphs off for this engine, with a warning, and the step runs
-        eagerly: slower, never wrong."""
-        contexts = positions + 1  # the cached tokens and the new one
-        most = -(-int(contexts.max()) // self.page_size)
-        table = self.input_batch.block_table[self.input_batch.rows(d.request_id for d in decodes), :most]
+        (an op this torch cannot record) turns graphs off for this engine, with a warning, and returns None: the
+        step then runs eagerly, slower, never wrong."""
+        table, contexts = self._decode_table(decodes)
         try:
             return self.graphs.run(token_ids, positions, write_slots, table, contexts)
         except CaptureFailed as error:
             self._graphs_off(str(error))
-        batch = AttentionBatch(write_slots=self._upload(write_slots), num_decode=len(decodes))
-        self._describe_decodes(batch, decodes)
-        self.attention.batch = batch
-        try:
-            return self.lean(self._upload(torch.tensor(token_ids)), self._upload(positions),
-                             self._upload(torch.arange(len(decodes))))
-        finally:
-            self.attention.batch = None
+            return None
 
     def _upload(self, tensor: torch.Tensor) -> torch.Tensor:
         """A tensor of the step built on the host (indices, a mask), on the model's device. non_blocking: a
@@ -235,21 +229,25 @@ class ModelRunner:
             return PrefillChunk(first, first + end - start)
         # A later chunk of a long prompt (or one after cached pages): it attends to the cached start of the
         # prompt and causally to itself.
-        query_positions = torch.arange(start, end, device=self.device).unsqueeze(1)
-        mask = torch.arange(end, device=self.device).unsqueeze(0) <= query_positions
         pages = self._upload(self.input_batch.block_table[row, :-(-end // self.page_size)])
+        mask = None
+        if not self.attention.prefill_kernel:  # SDPA's; the kernel masks by position itself
+            query_positions = torch.arange(start, end, device=self.device).unsqueeze(1)
+            mask = torch.arange(end, device=self.device).unsqueeze(0) <= query_positions
         return PrefillChunk(first, first + end - start, context_pages=pages, mask=mask, context_len=end)
 
     def _describe_decodes(self, batch: AttentionBatch, decodes: list[ScheduledRequest]) -> None:
         """Each decode's pages, padded to the most any of them holds (padding reads whatever page the row
         held before; it is masked), and an additive mask: 0 on the request's tokens, -inf elsewhere."""
-        contexts = torch.tensor([d.start + 1 for d in decodes])  # the cached tokens and the new one
-        most = -(-int(contexts.max()) // self.page_size)
-        rows = self.input_batch.rows(d.request_id for d in decodes)
+        table, contexts = self._decode_table(decodes)
         if self.attention.kernels:  # on the CPU: no upload, no mask
-            batch.decode_table, batch.decode_lengths = self.input_batch.block_table[rows, :most], contexts
+            batch.decode_table, batch.decode_lengths = table, contexts
             return
-        batch.decode_pages = self._upload(self.input_batch.block_table[rows, :most].reshape(-1))
-        hidden = torch.arange(most * self.page_size).unsqueeze(0) >= contexts.unsqueeze(1)
-        mask = torch.zeros(hidden.shape, dtype=self.kv_shape.dtype).masked_fill_(hidden, float("-inf"))
-        batch.decode_mask = self._upload(mask.view(len(decodes), 1, 1, -1))
+        batch.decode_pages = self._upload(table.reshape(-1))
+        batch.decode_mask = self._upload(decode_mask(contexts, table.shape[1] * self.page_size, self.kv_shape.dtype))
+
+    def _decode_table(self, decodes: list[ScheduledRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each decode's pages [decodes, most any holds] and context length (its cached tokens and the new one)."""
+        contexts = torch.tensor([d.start + 1 for d in decodes])
+        most = -(-int(contexts.max()) // self.page_size)
+        return self.input_batch.block_table[self.input_batch.rows(d.request_id for d in decodes), :most], contexts
